@@ -1,0 +1,136 @@
+"""The `Norm` base class and the `NormInfo` facts every normalization declares.
+
+Every norm in normlab has one constructor shape and one call:
+
+    Norm(dim, *, eps=..., affine=True, device=None, dtype=None, **method_kwargs)
+    norm(x, mask=None)      # x: (..., dim) floating point; mask: x.shape[:-1], True on real tokens
+
+The base class validates the input once, so a wrong last dimension, an integer tensor or a mask of
+the wrong shape fails with a message that names the problem, whatever the method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+Stats = Literal["token", "batch", "none"]
+Fold = Literal["op", "affine", "none"]
+
+
+@dataclass(frozen=True)
+class NormInfo:
+    """Facts about a normalization method that surgery, the bench and the tests read.
+
+    Attributes:
+        family: the file/family the norm belongs to ("layer", "rms", "batch", "elementwise",
+            "group", "identity").
+        stats: the statistics axis. "token": reductions over the channels of each token;
+            "batch": per-channel reductions over tokens of the batch (padding excluded);
+            "none": elementwise or scalar, no statistics.
+        fold: what can be merged into an adjacent Linear at inference. "op": in eval mode the
+            whole norm is a per-channel affine map `y = a*x + b` (see `Norm.eval_affine`);
+            "affine": only the learnable scale/shift folds, the normalization itself stays;
+            "none": nothing folds exactly.
+        has_running_stats: eval mode uses statistics accumulated in training.
+        approx_backward: the method defines its own backward that is deliberately not the
+            exact gradient of its forward (e.g. PowerNorm, UN); such norms are tested against
+            their specified backward instead of `gradcheck`.
+        paper: short citation, "Title (Authors, Venue Year)".
+    """
+
+    family: str
+    stats: Stats
+    fold: Fold
+    paper: str
+    has_running_stats: bool = False
+    approx_backward: bool = False
+
+    @property
+    def foldable(self) -> bool:
+        """True when the whole norm becomes a per-channel affine map at inference."""
+        return self.fold == "op"
+
+
+class Norm(nn.Module):
+    """Base class: input validation, fp32 statistics, the `forward(x, mask=None)` contract.
+
+    Subclasses set `info` and implement `_normalize(x, mask)`, where `x` has already been checked
+    and `mask` is either None or a bool tensor of shape `x.shape[:-1]`. Token-wise and
+    elementwise norms ignore `mask`; batch-statistics norms must not count padded tokens.
+    """
+
+    info: ClassVar[NormInfo]
+    name: ClassVar[str] = ""  # set by `register_norm`
+
+    def __init__(self, dim: int, *, eps: float, affine: bool = True) -> None:
+        super().__init__()
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+            raise ValueError(f"{type(self).__name__}: dim must be a positive int, got {dim!r}")
+        if not eps >= 0:
+            raise ValueError(f"{type(self).__name__}: eps must be >= 0, got {eps!r}")
+        self.dim = dim
+        self.eps = float(eps)
+        self.affine = bool(affine)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        self._check_input(x, mask)
+        return self._normalize(x, mask)
+
+    def _normalize(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def eval_affine(self) -> tuple[Tensor, Tensor]:
+        """The per-channel `(scale, shift)` this norm equals in eval mode: y = scale*x + shift.
+
+        Defined only for norms whose `info.fold == "op"`; surgery folds it into a Linear.
+        """
+        raise TypeError(
+            f"{type(self).__name__} ({self.name!r}) is not an affine map at inference "
+            f"(info.fold={self.info.fold!r}); only norms with fold='op' have eval_affine()"
+        )
+
+    def _check_input(self, x: Tensor, mask: Tensor | None) -> None:
+        cls = type(self).__name__
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{cls}: expected a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{cls}: expected a floating-point tensor, got dtype {x.dtype}")
+        if x.dim() < 1 or x.shape[-1] != self.dim:
+            raise ValueError(
+                f"{cls}: expected input of shape (..., {self.dim}), got {tuple(x.shape)} "
+                f"(the last dimension must equal dim={self.dim})"
+            )
+        if mask is not None:
+            if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+                got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+                raise TypeError(f"{cls}: mask must be a bool tensor (True = real token), got {got}")
+            if mask.shape != x.shape[:-1]:
+                raise ValueError(
+                    f"{cls}: mask must have shape x.shape[:-1] = {tuple(x.shape[:-1])}, "
+                    f"got {tuple(mask.shape)}"
+                )
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps:g}, affine={self.affine}"
+
+
+def affine_params(
+    norm: Norm, shape: int | tuple[int, ...], *, bias: bool, device=None, dtype=None
+) -> None:
+    """Create `weight` (ones) and, if `bias`, `bias` (zeros) on `norm` when it is affine.
+
+    Non-affine norms get `None` attributes so `forward` code can test `self.weight is None`.
+    """
+    if norm.affine:
+        norm.weight = nn.Parameter(torch.ones(shape, device=device, dtype=dtype))
+        if bias:
+            norm.bias = nn.Parameter(torch.zeros(shape, device=device, dtype=dtype))
+        else:
+            norm.register_parameter("bias", None)
+    else:
+        norm.register_parameter("weight", None)
+        norm.register_parameter("bias", None)

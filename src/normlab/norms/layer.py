@@ -1,0 +1,40 @@
+"""LayerNorm."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from normlab.norms import functional as F
+from normlab.norms.base import Norm, NormInfo, affine_params
+from normlab.norms.registry import register_norm
+
+
+@register_norm("layernorm")
+class LayerNorm(Norm):
+    """Layer normalization over the channels of each token.
+
+        y = (x - mean(x)) / sqrt(var(x) + eps) * γ + β        (biased variance, over D)
+
+    Args:
+        dim: channels D.
+        eps: added inside the square root; 1e-5 as `torch.nn.LayerNorm`.
+        affine: learn γ (ones) and β (zeros).
+        bias: learn β as well (False gives the bias-free LayerNorm of e.g. OLMo).
+
+    Paper: "Layer Normalization" (Ba, Kiros, Hinton, 2016). Equals `torch.nn.LayerNorm(dim)`.
+    """
+
+    info = NormInfo(
+        family="layer", stats="token", fold="affine",
+        paper="Layer Normalization (Ba, Kiros, Hinton, arXiv 2016)",
+    )
+
+    def __init__(
+        self, dim: int, *, eps: float = 1e-5, affine: bool = True, bias: bool = True,
+        device=None, dtype=None,
+    ) -> None:
+        super().__init__(dim, eps=eps, affine=affine)
+        affine_params(self, dim, bias=bias, device=device, dtype=dtype)
+
+    def _normalize(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        return F.layer_norm(x, self.weight, self.bias, self.eps)
