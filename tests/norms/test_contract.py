@@ -20,6 +20,9 @@ from normlab.norms.base import Norm
 NAMES = list_norms()
 DIM = 16
 
+# Switching PRepBN to eval mid-schedule is what these tests do on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore:prepbn. switching to eval")
+
 
 def build(name: str, dim: int = DIM, *, dtype=torch.float32, seed: int = 0) -> Norm:
     """A norm whose parameters are perturbed away from their init, so an ignored γ/β shows."""

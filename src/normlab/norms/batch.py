@@ -370,7 +370,7 @@ class PRepBN(Norm):
             warnings.warn(
                 f"prepbn: switching to eval at λ={self.lam:.4g} (after {int(self.calls)} training "
                 f"calls); eval uses RepBN alone, so it does not match training until λ reaches 0 "
-                f"(warm={self.warm}, step={self.step} ticks of {self.calls_per_tick} calls)",
+                f"(warm={self.warm}, step={self.step} ticks of {self.calls_per_tick} call(s))",
                 stacklevel=2,
             )
         return super().train(mode)
