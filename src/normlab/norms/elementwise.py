@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from normlab import kernels
 from normlab.norms import functional as F
 from normlab.norms.base import Norm, NormInfo, affine_params
 from normlab.norms.registry import register_norm
@@ -71,7 +72,7 @@ class DyT(Norm):
         affine_params(self, dim, bias=bias, device=device, dtype=dtype)
 
     def _normalize(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        return F.dyt(x, self.alpha, self.weight, self.bias)
+        return kernels.dyt(x, self.alpha, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.dim}, alpha_init={self.alpha_init:g}, affine={self.affine}"

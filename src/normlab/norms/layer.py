@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from normlab.norms import functional as F
+from normlab import kernels
 from normlab.norms.base import Norm, NormInfo, affine_params
 from normlab.norms.registry import register_norm
 
@@ -22,6 +22,8 @@ class LayerNorm(Norm):
         bias: learn β as well (False gives the bias-free LayerNorm of e.g. OLMo).
 
     Paper: "Layer Normalization" (Ba, Kiros, Hinton, 2016). Equals `torch.nn.LayerNorm(dim)`.
+    Runs through `normlab.kernels.layer_norm` (backend "auto"; the numerics of
+    `functional.layer_norm`, see docs/kernels.md for the tolerances).
     """
 
     info = NormInfo(
@@ -37,4 +39,4 @@ class LayerNorm(Norm):
         affine_params(self, dim, bias=bias, device=device, dtype=dtype)
 
     def _normalize(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        return F.layer_norm(x, self.weight, self.bias, self.eps)
+        return kernels.layer_norm(x, self.weight, self.bias, self.eps)

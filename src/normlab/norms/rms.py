@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from normlab import kernels
 from normlab.norms import functional as F
 from normlab.norms.base import Norm, NormInfo, affine_params
 from normlab.norms.registry import register_norm
@@ -30,6 +31,8 @@ class RMSNorm(Norm):
         bias: also learn an offset β (zeros), the paper's optional `bias=True`.
 
     Paper: "Root Mean Square Layer Normalization" (Zhang & Sennrich, NeurIPS 2019).
+    The default (eps inside) runs through `normlab.kernels.rms_norm` (backend "auto");
+    eps_outside=True stays on `functional.rms_norm`.
     """
 
     info = NormInfo(family="rms", stats="token", fold="affine", paper=_RMSNORM_PAPER)
@@ -43,7 +46,9 @@ class RMSNorm(Norm):
         affine_params(self, dim, bias=bias, device=device, dtype=dtype)
 
     def _normalize(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        return F.rms_norm(x, self.weight, self.eps, eps_outside=self.eps_outside, bias=self.bias)
+        if self.eps_outside:
+            return F.rms_norm(x, self.weight, self.eps, eps_outside=True, bias=self.bias)
+        return kernels.rms_norm(x, self.weight, self.bias, self.eps)
 
 
 @register_norm("prmsnorm")

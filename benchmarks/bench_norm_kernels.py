@@ -1,0 +1,255 @@
+"""Benchmark normlab's norm kernels against PyTorch's layers (and Liger-Kernel on CUDA).
+
+    python benchmarks/bench_norm_kernels.py --threads 2
+    python benchmarks/bench_norm_kernels.py --device cuda --compile      # on a GPU machine
+
+For every shape, op and provider it times the forward, the backward alone (from a retained
+graph) and forward+backward: the median and the 10th/90th percentiles over --repeats repeats of
+--inner calls each. GB/s counts the bytes an ideal fused kernel must move (forward: read x,
+write y; backward: read x and dy, write dx; the residual ops add their extra tensor each way)
+and is also given as a fraction of the copy bandwidth measured in the same run. Every time is
+also given as a ratio to torch.nn.LayerNorm in the same mode, same run. Rows are appended to
+benchmarks/results/norm_kernels.csv.
+
+glibc returns freed blocks above 32 MB to the OS by default, so every call that allocates a big
+output page-faults it in again; the script re-executes itself with
+MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=17179869184 unless they are set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "17179869184"}
+if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+
+import torch  # noqa: E402  (after the re-exec)
+from torch import nn  # noqa: E402
+
+from normlab import kernels  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "norm_kernels.csv"
+MODES = ("fwd", "bwd", "fwd+bwd")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(fn: Callable[[], object], device: str, repeats: int, inner: int, warmup: int):
+    """Median, 10th and 90th percentile of the per-call time in ms."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        synchronize(device)
+        samples.append((time.perf_counter() - start) / inner * 1e3)
+    samples.sort()
+    pick = lambda q: samples[min(len(samples) - 1, round(q * (len(samples) - 1)))]  # noqa: E731
+    return statistics.median(samples), pick(0.1), pick(0.9)
+
+
+def dyt_eager(x, alpha, weight, bias):
+    return weight * torch.tanh(alpha * x) + bias
+
+
+def providers(op: str, d: int, device: str, dtype, use_compile: bool):
+    """name -> (fn(inputs) -> output tuple-or-tensor, parameters)."""
+    kw = {"device": device, "dtype": dtype}
+    out: dict[str, Callable] = {}
+    ln = nn.LayerNorm(d, **kw)
+    out["nn.LayerNorm"] = lambda x, r: ln(x)
+    if op in ("rms_norm", "add_rms_norm"):
+        rms = nn.RMSNorm(d, eps=1e-6, **kw)
+        w = rms.weight
+        if op == "rms_norm":
+            out["nn.RMSNorm"] = lambda x, r: rms(x)
+            out["F.rms_norm"] = lambda x, r: nn.functional.rms_norm(x, (d,), w, 1e-6)
+            if use_compile:
+                compiled = torch.compile(rms)
+                out["compile(nn.RMSNorm)"] = lambda x, r: compiled(x)
+        else:
+            out["x+r, nn.RMSNorm"] = lambda x, r: _then_norm(rms, x + r)
+        liger = _liger(op, d, device, dtype)
+        if liger is not None:
+            out["liger"] = liger
+    elif op == "layer_norm":
+        w, b = ln.weight, ln.bias
+        liger = _liger(op, d, device, dtype)
+        if liger is not None:
+            out["liger"] = liger
+    else:
+        w = nn.Parameter(torch.ones(d, **kw))
+        b = nn.Parameter(torch.zeros(d, **kw))
+        alpha = nn.Parameter(torch.full((1,), 0.5, **kw))
+        out["eager DyT"] = lambda x, r: dyt_eager(x, alpha, w, b)
+        if use_compile:
+            compiled = torch.compile(dyt_eager)
+            out["compile(DyT)"] = lambda x, r: compiled(x, alpha, w, b)
+    backends = ["torch", "reference"] + (["triton"] if device == "cuda" else [])
+    for name in backends:
+        if op == "rms_norm":
+            out[f"normlab[{name}]"] = lambda x, r, n=name: kernels.rms_norm(x, w, backend=n)
+        elif op == "add_rms_norm":
+            out[f"normlab[{name}]"] = lambda x, r, n=name: kernels.add_rms_norm(
+                x, r, w, backend=n)
+        elif op == "layer_norm":
+            out[f"normlab[{name}]"] = lambda x, r, n=name: kernels.layer_norm(
+                x, w, b, backend=n)
+        else:
+            out[f"normlab[{name}]"] = lambda x, r, n=name: kernels.dyt(x, alpha, w, b, backend=n)
+    return out
+
+
+def _liger(op: str, d: int, device: str, dtype):
+    if device != "cuda":
+        return None
+    try:
+        from liger_kernel.transformers.layer_norm import LigerLayerNorm
+        from liger_kernel.transformers.rms_norm import LigerRMSNorm
+    except ImportError:
+        return None
+    if op == "layer_norm":
+        m = LigerLayerNorm(d).to(device=device, dtype=dtype)
+        return lambda x, r: m(x)
+    m = LigerRMSNorm(d, eps=1e-6).to(device=device, dtype=dtype)
+    if op == "rms_norm":
+        return lambda x, r: m(x)
+    return lambda x, r: _then_norm(m, x + r)
+
+
+def _then_norm(norm: Callable, h):
+    return norm(h), h
+
+
+def bench_one(fn, x, r, device, args):
+    """{mode: (median, p10, p90)} for one provider."""
+    leaves = [x] + ([r] if r is not None else [])
+
+    def outputs():
+        out = fn(x, r)
+        return out if isinstance(out, tuple) else (out,)
+
+    grads_out = [torch.randn_like(x) for _ in range(2)]
+
+    def fwd():
+        return outputs()
+
+    def backward_of(out):
+        params = [p for p in leaves]
+        return torch.autograd.grad(out, params, grads_out[: len(out)], retain_graph=True,
+                                   allow_unused=True)
+
+    def fwd_bwd():
+        out = outputs()
+        return torch.autograd.grad(out, leaves, grads_out[: len(out)], allow_unused=True)
+
+    saved = outputs()
+    result = {"fwd": measure(fwd, device, args.repeats, args.inner, args.warmup)}
+    result["bwd"] = measure(lambda: backward_of(saved), device, args.repeats, args.inner,
+                            args.warmup)
+    result["fwd+bwd"] = measure(fwd_bwd, device, args.repeats, args.inner, args.warmup)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", default="4096x768,16384x1024")
+    parser.add_argument("--ops", default="rms_norm,layer_norm,dyt,add_rms_norm")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--inner", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="add torch.compile rows (slow)")
+    parser.add_argument("--csv", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    device = args.device
+    env = {
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model(),
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        **{k: os.environ[k] for k in MALLOC_ENV},
+    }
+    print("# bench_norm_kernels", datetime.datetime.now().isoformat(timespec="seconds"))
+    for k, v in env.items():
+        print(f"# {k}: {v}")
+    print("# (MALLOC_* set by this script: big outputs are not page-faulted in on every call)")
+    stamp = datetime.datetime.now().isoformat(timespec="seconds")
+    rows = []
+    elt = torch.finfo(dtype).bits // 8
+    for shape in args.shapes.split(","):
+        m, d = (int(v) for v in shape.lower().split("x"))
+        torch.manual_seed(0)
+        x0 = torch.randn(m, d, device=device, dtype=dtype)
+        copy_dst = torch.empty_like(x0)
+        copy_ms = measure(lambda dst=copy_dst, src=x0: dst.copy_(src), device, args.repeats,
+                          args.inner, args.warmup)[0]
+        copy_gbs = 2 * x0.numel() * elt / copy_ms / 1e6
+        print(f"\n## shape {m}x{d} {args.dtype}: copy {copy_ms:.3f} ms = {copy_gbs:.1f} GB/s")
+        for op in args.ops.split(","):
+            x = x0.clone().requires_grad_()
+            r = torch.randn_like(x0).requires_grad_() if op.startswith("add_") else None
+            tensors = {"fwd": 2, "bwd": 3, "fwd+bwd": 5}
+            extra = {"fwd": 2, "bwd": 1, "fwd+bwd": 3} if r is not None else dict.fromkeys(MODES, 0)
+            results = {}
+            for name, fn in providers(op, d, device, dtype, args.compile).items():
+                results[name] = bench_one(fn, x, r, device, args)
+            base = results["nn.LayerNorm"]
+            print(f"\n{op:14s} {'provider':22s} " + " ".join(f"{mo:>24s}" for mo in MODES))
+            for name, res in results.items():
+                cells = []
+                for mode in MODES:
+                    med, lo, hi = res[mode]
+                    gbs = (tensors[mode] + extra[mode]) * x0.numel() * elt / med / 1e6
+                    ratio = med / base[mode][0]
+                    cells.append(f"{med:7.3f} [{lo:6.3f},{hi:6.3f}] x{ratio:4.2f}")
+                    rows.append({
+                        "time": stamp, **env, "dtype": args.dtype, "shape": f"{m}x{d}", "op": op,
+                        "provider": name, "mode": mode, "median_ms": f"{med:.4f}",
+                        "p10_ms": f"{lo:.4f}", "p90_ms": f"{hi:.4f}", "gb_per_s": f"{gbs:.2f}",
+                        "frac_of_copy": f"{gbs / copy_gbs:.3f}",
+                        "ratio_vs_nn_layernorm": f"{ratio:.3f}",
+                    })
+                print(f"{'':14s} {name:22s} " + " ".join(cells))
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    new = not args.csv.exists()
+    with args.csv.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+    print(f"\n# {len(rows)} rows appended to {args.csv}")
+    print("# cells: median ms [p10, p90] xratio to nn.LayerNorm in the same mode")
+
+
+if __name__ == "__main__":
+    main()

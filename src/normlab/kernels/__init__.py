@@ -1,0 +1,28 @@
+"""Fast normalization kernels behind one dispatch point per op.
+
+    from normlab import kernels
+    y = kernels.rms_norm(x, weight)                       # backend "auto"
+    y, h = kernels.add_rms_norm(x, residual, weight)      # h = x + residual
+    with kernels.use_backend("reference"):
+        ...
+
+Backends: "torch" (fused ATen ops with hand-derived backwards, any device, no compile step),
+"triton" (CUDA; custom ops that torch.compile can trace), "reference"
+(`normlab.norms.functional` under autograd) and "auto". Importing this package never imports
+Triton. Measurements and the command that made them: docs/kernels.md.
+"""
+
+from normlab.kernels.backend import BACKENDS, ENV_VAR, Backend, use_backend
+from normlab.kernels.dispatch import add_layer_norm, add_rms_norm, dyt, layer_norm, rms_norm
+
+__all__ = [
+    "BACKENDS",
+    "ENV_VAR",
+    "Backend",
+    "add_layer_norm",
+    "add_rms_norm",
+    "dyt",
+    "layer_norm",
+    "rms_norm",
+    "use_backend",
+]

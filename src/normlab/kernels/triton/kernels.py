@@ -1,0 +1,162 @@
+"""The Triton programs: one row per program in the forward, a strip of rows per program in the
+backward with per-program partial sums for the parameter gradients (reduced by the caller).
+
+All arithmetic is float32 whatever the storage dtype; rows are contiguous in their last axis.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def norm_fwd_kernel(
+    X, RES, W, B, Y, H, MEAN, RSTD,
+    n_cols, eps,
+    IS_RMS: tl.constexpr, HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Row r of y = norm(h) · w + b with h = x (+ res), storing h, mean (LayerNorm) and rstd."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    offs = row * n_cols + cols
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RES:
+        h = x + tl.load(RES + offs, mask=mask, other=0.0).to(tl.float32)
+        h_stored = h.to(H.dtype.element_ty)
+        tl.store(H + offs, h_stored, mask=mask)
+        x = h_stored.to(tl.float32)  # normalize the rounded residual, as the reference does
+    if IS_RMS:
+        centred = x
+    else:
+        mean = tl.sum(x, axis=0) / n_cols
+        tl.store(MEAN + row, mean)
+        centred = tl.where(mask, x - mean, 0.0)
+    var = tl.sum(centred * centred, axis=0) / n_cols
+    rstd = 1.0 / tl.sqrt(var + eps)
+    tl.store(RSTD + row, rstd)
+    y = centred * rstd
+    if HAS_W:
+        y = y * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_B:
+        y = y + tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def norm_bwd_kernel(
+    DY, DH, X, W, MEAN, RSTD, DX, DW_PART, DB_PART,
+    n_rows, n_cols, rows_per_program,
+    IS_RMS: tl.constexpr, HAS_DH: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """dx = rstd·(g·w − x̂·mean(g·w·x̂) [− mean(g·w) for LayerNorm]) (+ dh), partial Σ g·x̂, Σ g."""
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    if HAS_W:
+        w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    dw_acc = tl.zeros([BLOCK], dtype=tl.float32)
+    db_acc = tl.zeros([BLOCK], dtype=tl.float32)
+    first = pid.to(tl.int64) * rows_per_program  # int64 offsets past 2**31 elements
+    last = tl.minimum(first + rows_per_program, n_rows)
+    for row in range(first, last):
+        offs = row * n_cols + cols
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(RSTD + row)
+        xhat = x * rstd if IS_RMS else tl.where(mask, (x - tl.load(MEAN + row)) * rstd, 0.0)
+        wdy = dy * w if HAS_W else dy
+        c1 = tl.sum(xhat * wdy, axis=0) / n_cols
+        if IS_RMS:
+            dx = (wdy - xhat * c1) * rstd
+        else:
+            c2 = tl.sum(wdy, axis=0) / n_cols
+            dx = (wdy - (xhat * c1 + c2)) * rstd
+        if HAS_DH:
+            dx = dx + tl.load(DH + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
+        if HAS_W:
+            dw_acc += dy * xhat
+        if HAS_B:
+            db_acc += dy
+    if HAS_W:
+        tl.store(DW_PART + pid * n_cols + cols, dw_acc, mask=mask)
+    if HAS_B:
+        tl.store(DB_PART + pid * n_cols + cols, db_acc, mask=mask)
+
+
+@triton.jit
+def _tanh(z):
+    # tanh from exp of a non-positive argument: no overflow, exact ±1 in the tails.
+    e = tl.exp(-2.0 * tl.abs(z))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(z < 0, -t, t)
+
+
+@triton.jit
+def dyt_fwd_kernel(
+    X, ALPHA, W, B, Y, n_cols,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Row r of y = w · tanh(α·x) + b."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    offs = row * n_cols + cols
+    alpha = tl.load(ALPHA).to(tl.float32)
+    y = _tanh(alpha * tl.load(X + offs, mask=mask, other=0.0).to(tl.float32))
+    if HAS_W:
+        y = y * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_B:
+        y = y + tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def dyt_bwd_kernel(
+    DY, X, ALPHA, W, DX, DA_PART, DW_PART, DB_PART,
+    n_rows, n_cols, rows_per_program,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """dx = α·g·w·(1 − t²), partial dα = Σ g·w·(1 − t²)·x, dw = Σ g·t, db = Σ g (t = tanh(αx))."""
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    alpha = tl.load(ALPHA).to(tl.float32)
+    if HAS_W:
+        w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    da_acc = tl.zeros([BLOCK], dtype=tl.float32)
+    dw_acc = tl.zeros([BLOCK], dtype=tl.float32)
+    db_acc = tl.zeros([BLOCK], dtype=tl.float32)
+    first = pid.to(tl.int64) * rows_per_program  # int64 offsets past 2**31 elements
+    last = tl.minimum(first + rows_per_program, n_rows)
+    for row in range(first, last):
+        offs = row * n_cols + cols
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+        t = _tanh(alpha * x)
+        dz = dy * w * (1.0 - t * t) if HAS_W else dy * (1.0 - t * t)
+        tl.store(DX + offs, (alpha * dz).to(DX.dtype.element_ty), mask=mask)
+        da_acc += dz * x
+        if HAS_W:
+            dw_acc += dy * t
+        if HAS_B:
+            db_acc += dy
+    tl.store(DA_PART + pid, tl.sum(da_acc, axis=0))
+    if HAS_W:
+        tl.store(DW_PART + pid * n_cols + cols, dw_acc, mask=mask)
+    if HAS_B:
+        tl.store(DB_PART + pid * n_cols + cols, db_acc, mask=mask)
+
+
+def block_size(n_cols: int) -> int:
+    """The power-of-two row block that holds `n_cols` channels."""
+    return triton.next_power_of_2(n_cols)
+
+
+def num_warps(block: int) -> int:
+    """Warps per program: about 256 elements a warp, between 1 and 16."""
+    return min(max(block // 256, 1), 16)
