@@ -1,0 +1,112 @@
+"""What `normlab bench`, `normlab train` and `normlab report` do (cli.py only parses)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from normlab.bench import distributed as D
+from normlab.bench import train as training
+from normlab.bench.config import RunConfig, expand, from_dict, load_preset
+from normlab.bench.report import write_report
+from normlab.bench.sweep import run_sweep, summary_table
+
+
+def fresh_dir(stem: str, root: Path = Path("runs")) -> Path:
+    """A new, not yet existing directory runs/<stem>-<date>-<time>[-n]."""
+    base = root / f"{Path(stem).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def _setup(cfg: RunConfig, out: Path | None, stem: str) -> tuple[D.Dist, Path]:
+    d = D.setup(use_cuda=training.resolve_device(cfg.device, D.Dist()).type == "cuda")
+    chosen = str(out) if out is not None else (str(fresh_dir(stem)) if d.is_main else "")
+    return d, Path(D.broadcast_text(chosen, d))
+
+
+def _require_preset(args: argparse.Namespace) -> str:
+    if not args.preset:
+        raise SystemExit("normlab: give --preset NAME (e.g. smoke, quick, vit-quick) "
+                         "or a YAML file")
+    return args.preset
+
+
+def bench(args: argparse.Namespace) -> int:
+    preset = _require_preset(args)
+    cfg, sweep = load_preset(preset, args.overrides)
+    arms = expand(cfg, sweep)
+    d, out = _setup(cfg, args.out, preset)
+    console = Console()
+    if d.is_main:
+        console.print(f"normlab bench: {len(arms)} arm(s) of preset {preset!r} -> {out}")
+    try:
+        table = run_sweep(arms, out, console=console, is_main=d.is_main,
+                          show_progress=d.is_main and not args.no_progress)
+    finally:
+        D.teardown()
+    if d.is_main:
+        console.print(summary_table(table))
+        console.print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def train(args: argparse.Namespace) -> int:
+    console = Console()
+    if args.resume is not None:
+        if args.preset or args.overrides or args.out:
+            raise SystemExit("normlab: --resume takes its config from RUN_DIR/config.json; "
+                             "drop --preset, --set and --out")
+        config_path = args.resume / "config.json"
+        if not config_path.is_file():
+            raise SystemExit(f"normlab: {config_path} does not exist; is {args.resume} a run "
+                             "directory?")
+        cfg = from_dict(RunConfig, json.loads(config_path.read_text()))
+        d, out = _setup(cfg, args.resume, "")
+    else:
+        preset = _require_preset(args)
+        cfg, sweep = load_preset(preset, args.overrides)
+        if sweep:
+            pinned = {key: values[:1] for key, values in sweep.items()}
+            console.print("normlab train: one run; sweep axes pinned to their first value: "
+                          + ", ".join(f"{k}={v[0]}" for k, v in pinned.items())
+                          + " (use --set to choose, or `normlab bench` for all arms)")
+            (_, cfg), = expand(cfg, pinned)
+        d, out = _setup(cfg, args.out, preset)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=console,
+                      disable=not d.is_main or args.no_progress) as progress:
+            task = progress.add_task("train", total=cfg.train.steps)
+
+            def on_step(step: int, record: dict) -> None:
+                progress.update(task, completed=step, description=f"loss {record['loss']:.3f}")
+
+            summary = training.run(cfg, out, resume=args.resume is not None, on_step=on_step)
+    finally:
+        D.teardown()
+    if d.is_main:
+        final = summary.get("final_val_loss")
+        console.print(f"{summary['status']}: {summary['steps_done']} steps, final val loss "
+                      f"{'—' if final is None else f'{final:.4f}'} -> {out}")
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    if args.out is None and len(args.runs) != 1:
+        raise SystemExit("normlab: with several RUN_DIRs, say where to write with --out")
+    out = args.out if args.out is not None else args.runs[0]
+    table = write_report(args.runs, out)
+    console = Console()
+    console.print(summary_table(table))
+    console.print(f"report: {out / 'report.md'}")
+    return 0

@@ -1,0 +1,364 @@
+"""One typed configuration per run: a named preset plus type-checked `--set a.b=value` overrides.
+
+    cfg, sweep = load_preset("quick", ["optim.lr=3e-3", "train.steps=50"])
+    arms = expand(cfg, sweep)            # [(name, RunConfig), ...]
+
+A preset is a YAML file in `normlab/bench/presets/` (or a path to one) whose keys mirror
+`RunConfig`. An optional `sweep:` mapping turns it into a grid: each key is a dotted field name
+and each value a list; the arms are the Cartesian product, in the order written. An override
+of a swept field with a single value pins that axis; an override with a list makes it an axis.
+Unknown keys and values of the wrong type raise `ValueError` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+@dataclass
+class ModelConfig:
+    """The network: `gpt` (byte-level causal LM) or `vit` (image classifier)."""
+
+    kind: Literal["gpt", "vit"] = "gpt"
+    depth: int = 4
+    dim: int = 128
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    bias: bool = True
+    tie_embeddings: bool = True
+    patch_size: int = 2
+    pool: Literal["cls", "mean"] = "cls"
+    dual_patchnorm: bool = False
+
+
+@dataclass
+class NormConfig:
+    """The normalization: a name from `normlab.list_norms()` and its keyword arguments."""
+
+    name: str = "layernorm"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PlacementConfig:
+    """Where the norms sit in each block (post, pre, peri, mix, lns, deepnorm, ...)."""
+
+    name: str = "pre"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW; weight decay only on matrices and embeddings (never on gains or biases).
+
+    `grad_clip` is the global-norm clip (0 disables it). `agc` is the NFNet adaptive clipping
+    factor λ (None disables it; 0.01 in the paper), applied per unit before the global clip
+    and never to the final classifier / LM head.
+    """
+
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    agc: float | None = None
+    agc_eps: float = 1e-3
+
+
+@dataclass
+class ScheduleConfig:
+    """Linear warmup over `warmup_steps`, then cosine decay to `min_lr_ratio * lr`."""
+
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+
+
+@dataclass
+class DataConfig:
+    """Where batches come from.
+
+    `stdlib`: the bytes of the Python standard library's .py files (offline, no download);
+    `path`: any text file or folder (`path`, files matching `glob`);
+    `hf`: a HuggingFace `datasets` name (`hf_name`, `hf_config`, `hf_split`, `text_field`);
+    `digits`: scikit-learn's 8x8 digits (for `model.kind = vit`).
+    Text is split into train/validation by file (a stable hash of the relative path);
+    `val_fraction` of the files go to validation.
+    """
+
+    source: Literal["stdlib", "path", "hf", "digits"] = "stdlib"
+    path: str | None = None
+    glob: str = "**/*"
+    hf_name: str | None = None
+    hf_config: str | None = None
+    hf_split: str = "train"
+    text_field: str = "text"
+    seq_len: int = 128
+    batch_size: int = 16
+    val_fraction: float = 0.05
+    cache_dir: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    """The loop: how long, how often to evaluate and checkpoint, and when a run has diverged.
+
+    A run diverges when the training loss is NaN/Inf or exceeds `spike_threshold` times the
+    running minimum of the training loss (0 disables the spike test).
+    """
+
+    steps: int = 100
+    eval_every: int = 25
+    eval_batches: int = 8
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    seed: int = 0
+    spike_threshold: float = 4.0
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run depends on; saved as config.json in the run directory."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    norm: NormConfig = field(default_factory=NormConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _check_value(name: str, hint: Any, value: Any) -> Any:
+    """Return `value` converted to the type `hint`, or raise ValueError naming `name`."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ValueError(f"{name}: {value!r} is not one of {list(typing.get_args(hint))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_value(name, option, value)
+            except ValueError as error:
+                errors.append(str(error))
+        raise ValueError(errors[0] if len(errors) == 1 else f"{name}: {value!r} fits no option")
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ValueError(f"{name}: expected a mapping with string keys, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{name}: expected a string, got {value!r}")
+        return value
+    raise AssertionError(f"unhandled type {hint} for {name}")
+
+
+def _field_hint(cls: type, key: str, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    if key not in hints:
+        known = ", ".join(f.name for f in dataclasses.fields(cls))
+        raise ValueError(f"unknown config key {prefix + key!r}; known keys here: {known}")
+    return hints[key]
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build the dataclass `cls` from nested dicts, type-checking every leaf."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    kwargs = {}
+    for key, value in data.items():
+        hint = _field_hint(cls, key, prefix)
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _check_value(prefix + key, hint, value)
+    return validate(cls(**kwargs)) if cls is RunConfig else cls(**kwargs)
+
+
+def set_field(cfg: RunConfig, dotted: str, value: Any) -> None:
+    """Set `cfg.<dotted>` to `value` after checking it against the field's type."""
+    *parents, leaf = dotted.split(".")
+    target: Any = cfg
+    prefix = ""
+    for part in parents:
+        hint = _field_hint(type(target), part, prefix)
+        if not dataclasses.is_dataclass(hint):
+            raise ValueError(f"unknown config key {dotted!r}: {prefix + part!r} is not a section")
+        target, prefix = getattr(target, part), f"{prefix}{part}."
+    hint = _field_hint(type(target), leaf, prefix)
+    if dataclasses.is_dataclass(hint):
+        raise ValueError(f"{dotted!r} is a section; set one of its fields, e.g. {dotted}.<field>")
+    setattr(target, leaf, _check_value(dotted, hint, value))
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check the cross-field rules that types alone cannot express."""
+    import normlab
+
+    positive = {
+        "model.depth": cfg.model.depth, "model.dim": cfg.model.dim, "model.heads": cfg.model.heads,
+        "data.seq_len": cfg.data.seq_len, "data.batch_size": cfg.data.batch_size,
+        "train.steps": cfg.train.steps, "train.eval_every": cfg.train.eval_every,
+        "train.eval_batches": cfg.train.eval_batches, "train.log_every": cfg.train.log_every,
+        "train.checkpoint_every": cfg.train.checkpoint_every, "optim.lr": cfg.optim.lr,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    if cfg.model.dim % cfg.model.heads:
+        raise ValueError(f"model.dim ({cfg.model.dim}) must be divisible by model.heads "
+                         f"({cfg.model.heads})")
+    if not 0.0 < cfg.data.val_fraction < 1.0:
+        raise ValueError(f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}")
+    if cfg.schedule.warmup_steps < 0 or not 0.0 <= cfg.schedule.min_lr_ratio <= 1.0:
+        raise ValueError("schedule.warmup_steps must be >= 0 and schedule.min_lr_ratio in [0, 1]")
+    if cfg.train.spike_threshold < 0 or cfg.optim.grad_clip < 0:
+        raise ValueError("train.spike_threshold and optim.grad_clip must be >= 0 (0 disables)")
+    if cfg.optim.agc is not None and cfg.optim.agc <= 0:
+        raise ValueError(f"optim.agc must be positive or null, got {cfg.optim.agc}")
+    if cfg.train.keep_checkpoints < 1:
+        raise ValueError("train.keep_checkpoints must be at least 1")
+    if cfg.norm.name.lower() not in normlab.list_norms():
+        raise ValueError(f"norm.name: unknown norm {cfg.norm.name!r}; "
+                         f"known: {', '.join(normlab.list_norms())}")
+    image = cfg.model.kind == "vit"
+    if image != (cfg.data.source == "digits"):
+        raise ValueError("model.kind 'vit' goes with data.source 'digits' and 'gpt' with a text "
+                         f"source; got model.kind={cfg.model.kind!r}, "
+                         f"data.source={cfg.data.source!r}")
+    if cfg.data.source == "path" and not cfg.data.path:
+        raise ValueError("data.source 'path' needs data.path (a text file or a folder)")
+    if cfg.data.source == "hf" and not cfg.data.hf_name:
+        raise ValueError("data.source 'hf' needs data.hf_name (a HuggingFace datasets name)")
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split `a.b=value`; the value is read as YAML (numbers, true/false, null, [lists], {maps})."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"override {text!r} must look like section.field=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ValueError(f"override {text!r}: cannot read the value ({error})") from None
+    return key.strip(), value
+
+
+def preset_path(name: str) -> Path:
+    """The YAML file of a named preset, or `name` itself if it is a path to a YAML file."""
+    as_path = Path(name)
+    if as_path.suffix in (".yaml", ".yml") and as_path.is_file():
+        return as_path
+    folder = resources.files("normlab.bench") / "presets"
+    candidate = folder / f"{name}.yaml"
+    if not candidate.is_file():
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(list_presets())}")
+    return Path(str(candidate))
+
+
+def list_presets() -> list[str]:
+    folder = resources.files("normlab.bench") / "presets"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+Sweep = dict[str, list[Any]]
+
+
+def load_preset(name: str, overrides: list[str] = ()) -> tuple[RunConfig, Sweep]:
+    """The base config and the sweep axes of a preset, with `overrides` applied."""
+    raw = yaml.safe_load(preset_path(name).read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"preset {name!r} must be a mapping at the top level")
+    sweep_raw = raw.pop("sweep", None) or {}
+    raw.pop("description", None)
+    cfg = from_dict(RunConfig, raw)
+    sweep: Sweep = {}
+    for key, values in sweep_raw.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"sweep.{key}: expected a non-empty list, got {values!r}")
+        sweep[key] = list(values)
+    for text in overrides:
+        key, value = parse_override(text)
+        if isinstance(value, list):
+            sweep[key] = value
+        else:
+            set_field(cfg, key, value)
+            sweep.pop(key, None)
+    return validate(cfg), sweep
+
+
+def arm_name(point: dict[str, Any]) -> str:
+    """A short, file-system friendly name for one grid point, e.g. `pre-layernorm-s0`."""
+    parts = []
+    for key, value in point.items():
+        leaf = key.rsplit(".", 1)[-1]
+        text = str(value).replace("/", "_").replace(" ", "")
+        if key == "train.seed":
+            parts.append(f"s{text}")
+        elif key in ("placement.name", "norm.name"):
+            parts.append(text)
+        else:
+            parts.append(f"{leaf}{text}")
+    return "-".join(parts) or "run"
+
+
+def expand(cfg: RunConfig, sweep: Sweep) -> list[tuple[str, RunConfig]]:
+    """Every arm of the grid: (name, config), validated, in preset order."""
+    arms = []
+    keys = list(sweep)
+    for values in itertools.product(*(sweep[k] for k in keys)):
+        point = dict(zip(keys, values, strict=True))
+        arm = from_dict(RunConfig, cfg.to_dict())
+        for key, value in point.items():
+            set_field(arm, key, value)
+        arms.append((arm_name(point), validate(arm)))
+    names = [name for name, _ in arms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"sweep arms have clashing names: {names}")
+    return arms

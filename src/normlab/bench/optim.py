@@ -1,0 +1,84 @@
+"""Optimizer pieces of the bench: AdamW parameter groups, the learning-rate schedule and AGC."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from normlab.bench.config import OptimConfig, ScheduleConfig
+
+
+def make_adamw(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on tensors of rank >= 2 only (matrices, embeddings).
+
+    Gains, biases and scalar gates (norm weights, ReZero alphas, ...) are not decayed: decay
+    would pull a gain towards 0 rather than towards its identity value 1.
+    """
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.dim() >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+
+
+def learning_rate(step: int, total_steps: int, lr: float, cfg: ScheduleConfig) -> float:
+    """The learning rate for 0-based `step`.
+
+    lr * (step + 1) / warmup during warmup, then a cosine from lr down to min_lr_ratio * lr at
+    the last step. It depends on the step only, so a resumed run needs no scheduler state.
+    """
+    if step < cfg.warmup_steps:
+        return lr * (step + 1) / cfg.warmup_steps
+    decay_steps = max(1, total_steps - 1 - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / decay_steps)
+    floor = cfg.min_lr_ratio * lr
+    return floor + 0.5 * (lr - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def _unitwise_norm(t: torch.Tensor) -> torch.Tensor:
+    """L2 norm per output unit: over dims 1.. for (out, in, ...) weights; whole tensor if <= 1-D."""
+    if t.dim() <= 1:
+        return t.norm()
+    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+@torch.no_grad()
+def adaptive_clip_(params: Iterable[nn.Parameter], clip: float, eps: float = 1e-3) -> None:
+    """NFNet adaptive gradient clipping (AGC), in place.
+
+    For each unit i (row of a torch (out, in) weight; the whole tensor for vectors/scalars):
+        max_i = clip * max(||W_i||, eps)
+        G_i  <-  G_i * max_i / max(||G_i||, 1e-6)   if ||G_i|| > max_i
+    "High-Performance Large-Scale Image Recognition Without Normalization", Brock, De, Smith,
+    Simonyan, ICML 2021. The paper's defaults are clip 0.01 and eps 1e-3; the caller leaves out
+    the final classifier, as the paper does.
+    """
+    for param in params:
+        if param.grad is None:
+            continue
+        grad = param.grad
+        wide = torch.promote_types(param.dtype, torch.float32)  # norms of bf16/fp16 in fp32
+        max_norm = _unitwise_norm(param.to(wide)).clamp_min(eps) * clip
+        grad_norm = _unitwise_norm(grad.to(wide))
+        scale = torch.where(grad_norm > max_norm, max_norm / grad_norm.clamp_min(1e-6), 1.0)
+        grad.mul_(scale.to(grad.dtype))
+
+
+def classifier_parameters(model: nn.Module) -> set[int]:
+    """ids of the final classifier's parameters: the `lm_head` (GPT) or `head` (ViT) module.
+
+    With tied embeddings the LM head's weight is the token embedding; it is the classifier, so
+    AGC leaves it out too.
+    """
+    for name in ("lm_head", "head"):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Module):
+            return {id(p) for p in head.parameters()}
+    raise ValueError(f"optim.agc needs the final classifier to leave it unclipped, but "
+                     f"{type(model).__name__} has no `lm_head` or `head` module; "
+                     "set optim.agc=null")

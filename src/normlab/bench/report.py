@@ -1,0 +1,216 @@
+"""The comparison report, redrawn from run directories' JSON alone (no model, no torch).
+
+    write_report([Path("runs/quick-...")], Path("runs/quick-..."))
+
+Writes report.md (a table sorted best first), report.json (the same numbers) and plots/*.png:
+training and validation loss curves per arm, final validation loss mean ± standard deviation
+over seeds, and tokens/s and peak memory relative to the pre-LN layernorm baseline. Runs are
+grouped into arms by their config without `train.seed`; diverged and failed runs are flagged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from normlab.bench.metrics import read_metrics, summarize, write_atomic
+
+BASELINE = ("pre", "layernorm")
+
+
+@dataclass
+class Run:
+    """One run directory as read back from disk."""
+
+    path: Path
+    config: dict[str, Any]
+    records: list[dict[str, Any]]
+    status: str
+    summary: dict[str, Any]
+    error: str | None = None
+
+
+@dataclass
+class Arm:
+    """The runs of one configuration over seeds."""
+
+    label: str
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def completed(self) -> list[Run]:
+        return [r for r in self.runs if r.status == "completed"]
+
+
+def read_run(path: Path) -> Run:
+    path = Path(path)
+    config = json.loads((path / "config.json").read_text())
+    records = read_metrics(path / "metrics.jsonl")
+    summary = summarize(records)
+    saved = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() \
+        else {}
+    if summary["diverged_step"] is not None:
+        status = "diverged"
+    else:
+        status = saved.get("status", "incomplete")
+    return Run(path, config, records, status, summary, saved.get("error"))
+
+
+def find_runs(paths: list[Path]) -> list[Run]:
+    """Every run under `paths`: a run directory (config.json) or a sweep (arms/*/config.json)."""
+    runs = []
+    for path in map(Path, paths):
+        if (path / "config.json").is_file():
+            runs.append(read_run(path))
+        elif (path / "arms").is_dir():
+            runs += [read_run(p) for p in sorted((path / "arms").iterdir())
+                     if (p / "config.json").is_file()]
+        else:
+            raise ValueError(f"{path} is neither a run directory (config.json) nor a sweep "
+                             "directory (arms/)")
+    if not runs:
+        raise ValueError(f"no runs found under {[str(p) for p in paths]}")
+    return runs
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and key not in ("kwargs",):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = json.dumps(value, sort_keys=True) if isinstance(value, dict) \
+                else value
+    return out
+
+
+def group_arms(runs: list[Run]) -> list[Arm]:
+    """Runs grouped by config minus the seed; labelled placement/norm plus what else differs."""
+    flats = [_flat(r.config) for r in runs]
+    ignored = {"train.seed", "data.cache_dir"}
+    differing = sorted(k for k in set().union(*flats) - ignored
+                       if len({json.dumps(f.get(k)) for f in flats}) > 1
+                       and k not in ("placement.name", "norm.name"))
+    arms: dict[str, Arm] = {}
+    for run, flat in zip(runs, flats, strict=True):
+        label = f"{flat['placement.name']}/{flat['norm.name']}"
+        extra = ",".join(f"{k}={flat.get(k)}" for k in differing)
+        label = f"{label} [{extra}]" if extra else label
+        arms.setdefault(label, Arm(label)).runs.append(run)
+    return list(arms.values())
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def arm_row(arm: Arm, baseline: Arm | None) -> dict[str, Any]:
+    losses = [r.summary["final_val_loss"] for r in arm.completed]
+    speed = _mean([r.summary["tokens_per_s"] for r in arm.runs if r.summary["tokens_per_s"]])
+    memory = _mean([r.summary["peak_mem_bytes"] for r in arm.runs if r.summary["peak_mem_bytes"]])
+    base_speed = base_mem = None
+    if baseline is not None:
+        base_speed = _mean([r.summary["tokens_per_s"] for r in baseline.runs
+                            if r.summary["tokens_per_s"]])
+        base_mem = _mean([r.summary["peak_mem_bytes"] for r in baseline.runs
+                          if r.summary["peak_mem_bytes"]])
+    row = {
+        "arm": arm.label,
+        "seeds": [r.config["train"]["seed"] for r in arm.runs],
+        "completed": len(arm.completed),
+        "val_loss_mean": _mean(losses),
+        "val_loss_std": statistics.stdev(losses) if len(losses) > 1 else None,
+        "val_loss_min": min(losses, default=None),
+        "val_loss_max": max(losses, default=None),
+        "tokens_per_s": speed,
+        "tokens_per_s_rel": speed / base_speed if speed and base_speed else None,
+        "peak_mem_bytes": memory,
+        "mem_rel": memory / base_mem if memory and base_mem else None,
+        "diverged": [{"seed": r.config["train"]["seed"], "step": r.summary["diverged_step"]}
+                     for r in arm.runs if r.status == "diverged"],
+        "failed": [{"seed": r.config["train"]["seed"], "status": r.status, "error": r.error}
+                   for r in arm.runs if r.status not in ("completed", "diverged")],
+        "runs": [str(r.path) for r in arm.runs],
+    }
+    accs = [r.summary["final_val_acc"] for r in arm.completed if "final_val_acc" in r.summary]
+    if accs:
+        row["val_acc_mean"] = _mean(accs)
+    return row
+
+
+def build_table(runs: list[Run]) -> dict[str, Any]:
+    arms = group_arms(runs)
+    candidates = [a for a in arms if a.label.split(" ")[0] == "/".join(BASELINE)]
+    # the first pre/layernorm arm that completed a run (others may differ in e.g. the lr)
+    baseline = next((a for a in candidates if a.completed), candidates[0] if candidates else None)
+    rows = [arm_row(a, baseline) for a in arms]
+    rows.sort(key=lambda r: (r["val_loss_mean"] is None, r["val_loss_mean"] or math.inf))
+    return {"baseline": baseline.label if baseline else None, "arms": rows}
+
+
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _status(row: dict[str, Any]) -> str:
+    notes = []
+    n = len(row["seeds"])
+    if row["diverged"]:
+        steps = ", ".join(f"seed {d['seed']} @ step {d['step']}" for d in row["diverged"])
+        notes.append(f"**diverged** {len(row['diverged'])}/{n} ({steps})")
+    if row["failed"]:
+        notes.append(f"**{row['failed'][0]['status']}** {len(row['failed'])}/{n}")
+    return "; ".join(notes) or "ok"
+
+
+def markdown(table: dict[str, Any], plots: list[str]) -> str:
+    rows = table["arms"]
+    lines = ["# normlab bench report", ""]
+    best = rows[0] if rows and rows[0]["val_loss_mean"] is not None else None
+    if best:
+        lines.append(f"**Best arm: `{best['arm']}`**, final validation loss "
+                     f"{_fmt(best['val_loss_mean'])} (lower is better).")
+    else:
+        lines.append("**No arm completed.**")
+    base = table["baseline"]
+    lines += ["", f"Speed and memory are relative to `{base}`." if base else
+              "No pre/layernorm baseline among the runs: relative columns are empty.", ""]
+    has_acc = any("val_acc_mean" in r for r in rows)
+    header = ["#", "arm", "final val loss (mean ± std)", "min – max", "n"]
+    header += ["val acc"] if has_acc else []
+    header += ["tokens/s", "× speed", "peak mem (MiB)", "× mem", "status"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for i, r in enumerate(rows, 1):
+        spread = f" ± {_fmt(r['val_loss_std'])}" if r["val_loss_std"] is not None else ""
+        cells = [str(i), f"`{r['arm']}`", _fmt(r["val_loss_mean"]) + spread,
+                 f"{_fmt(r['val_loss_min'])} – {_fmt(r['val_loss_max'])}",
+                 f"{r['completed']}/{len(r['seeds'])}"]
+        cells += [_fmt(r.get("val_acc_mean"), ".3f")] if has_acc else []
+        mem = r["peak_mem_bytes"] / 2**20 if r["peak_mem_bytes"] else None
+        cells += [_fmt(r["tokens_per_s"], ",.0f"), _fmt(r["tokens_per_s_rel"], ".2f"),
+                  _fmt(mem, ",.1f"), _fmt(r["mem_rel"], ".2f"), _status(r)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Final validation loss: the last evaluation of each completed run; std is the "
+              "sample standard deviation over seeds. Peak memory is CUDA max_memory_allocated, or "
+              "the process RSS on CPU (which includes the Python and torch baseline).", ""]
+    lines += [f"![{Path(p).stem}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(paths: list[Path], out: Path) -> dict[str, Any]:
+    """Read every run under `paths` and write report.md, report.json and plots/ into `out`."""
+    from normlab.bench import plots
+
+    runs = find_runs(paths)
+    table = build_table(runs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    drawn = plots.draw_all(group_arms(runs), table, out / "plots")
+    write_atomic(out / "report.json", json.dumps(table, indent=2) + "\n")
+    write_atomic(out / "report.md", markdown(table, [p.relative_to(out).as_posix()
+                                                     for p in drawn]))
+    return table

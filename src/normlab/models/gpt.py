@@ -1,0 +1,173 @@
+"""A small GPT (decoder-only causal LM) whose norm and placement are configuration.
+
+    model = GPT(GPTConfig(norm="rmsnorm", placement="lns"))
+    logits, loss = model(idx, targets, mask)      # idx, targets: (B, T) int64; mask: (B, T) bool
+
+Token and learned position embeddings, `depth` blocks laid out by the placement scheme
+(`normlab.blocks.SCHEMES`), a final norm where the scheme has one, and an LM head (tied to the
+token embedding by default).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from normlab.blocks import Block, resolve_layout
+from normlab.blocks.init import init_block, init_embedding, init_linear
+from normlab.models.common import apply_norm, check_config, count_params, norm_kwargs_by_position
+from normlab.norms import make_norm
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class GPTConfig:
+    """The GPT's shape, norm and placement.
+
+    Attributes:
+        vocab_size, block_size: vocabulary V and the longest sequence T.
+        depth, dim, heads, mlp_ratio: L blocks of width D with H heads and an MLP of D·mlp_ratio.
+        norm, norm_kwargs: a registered norm name (`normlab.list_norms()`) and its arguments,
+            used in every norm slot.
+        placement, placement_kwargs: a scheme of `normlab.blocks.SCHEMES` and its options.
+        dropout: embedding, attention and residual-branch dropout.
+        bias: biases in the Linears of the blocks (norms take theirs from `norm_kwargs`).
+        tie_embeddings: the LM head shares the token embedding matrix.
+        dyt_alpha_init: (attn, ffn, final) α₀ of DyT by position, the LLaMA recipe of
+            "Transformers without Normalization" (e.g. (0.8, 0.2, 0.2) at 7B); norm="dyt" only.
+    """
+
+    vocab_size: int = 256
+    block_size: int = 256
+    depth: int = 4
+    dim: int = 128
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    norm: str = "layernorm"
+    norm_kwargs: dict[str, Any] = field(default_factory=dict)
+    placement: str = "pre"
+    placement_kwargs: dict[str, Any] = field(default_factory=dict)
+    dropout: float = 0.0
+    bias: bool = True
+    tie_embeddings: bool = True
+    dyt_alpha_init: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive int, got {value!r}")
+        self.dyt_alpha_init = check_config(
+            "GPTConfig", norm=self.norm, placement=self.placement,
+            placement_kwargs=self.placement_kwargs, depth=self.depth, dim=self.dim,
+            heads=self.heads, mlp_ratio=self.mlp_ratio, dropout=self.dropout,
+            dyt_alpha_init=self.dyt_alpha_init, architecture="decoder",
+        )
+
+
+class GPT(nn.Module):
+    """A decoder-only Transformer LM; see `GPTConfig` and `normlab.blocks.SCHEMES`."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.layout = resolve_layout(
+            c.placement, c.depth, architecture="decoder", **c.placement_kwargs
+        )
+        in_blocks, outside = norm_kwargs_by_position(c.norm_kwargs, c.dyt_alpha_init)
+        self.wte = nn.Embedding(c.vocab_size, c.dim)
+        self.wpe = nn.Embedding(c.block_size, c.dim)
+        self.embed_norm = make_norm(c.norm, c.dim, **outside) if self.layout.embed_norm else None
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(
+            Block(
+                c.dim, c.heads, placement, norm=c.norm, norm_kwargs=c.norm_kwargs,
+                sublayer_norm_kwargs=in_blocks, mlp_ratio=c.mlp_ratio, causal=True, bias=c.bias,
+                dropout=c.dropout,
+            )
+            for placement in self.layout.blocks
+        )
+        self.final_norm = make_norm(c.norm, c.dim, **outside) if self.layout.final_norm else None
+        self.lm_head = nn.Linear(c.dim, c.vocab_size, bias=False)
+        if c.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        self.embed_scale = math.sqrt(c.dim) if self.layout.scale_embeddings else 1.0
+        self.init_weights()
+
+    def forward(
+        self, idx: Tensor, targets: Tensor | None = None, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Logits (B, T, V) and, given targets, the mean cross-entropy over real positions.
+
+        `mask` (B, T) is True on real tokens: padded positions are left out of every
+        batch-statistics norm, of attention (as keys) and of the loss. Targets equal to -100
+        are ignored as well.
+        """
+        self._check_inputs(idx, targets, mask)
+        pos = torch.arange(idx.shape[1], device=idx.device)
+        x = self.wte(idx) * self.embed_scale + self.wpe(pos)  # (B, T, D)
+        x = self.drop(apply_norm(self.embed_norm, x, mask))
+        for block in self.blocks:
+            x = block(x, mask)
+        logits = self.lm_head(apply_norm(self.final_norm, x, mask))  # (B, T, V)
+        if targets is None:
+            return logits, None
+        if mask is not None:
+            targets = targets.masked_fill(~mask, IGNORE_INDEX)
+        loss = F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
+        )
+        return logits, loss
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialize the weights as the placement scheme's paper does (`Layout.init`).
+
+        * default (post, pre, peri, mix, lns, normformer, gpas, rezero, skipinit, none): every
+          Linear and embedding ~ N(0, 0.02), biases 0. LNS uses no scaled init on purpose
+          (its authors found it diminishes the effect); Mix-LN's N(0, √(2/5)) embedding init
+          is not used, so schemes compare at equal embedding init.
+        * rezero / skipinit: their gates α, g = 0, so every block is the identity at init.
+          gpas: gates a = 0 (identity at init).
+        * deepnorm: xavier_normal(gain=β) for v_proj, out_proj, fc1, fc2 and
+          xavier_normal(gain=1) for q_proj, k_proj (the paper's pseudo-code),
+          β = (8L)^{-1/4}; embeddings N(0, 0.02).
+        * tfixup (decoder-only adaptation, no published constants): Xavier init, then v_proj,
+          out_proj, fc1, fc2 and the token embedding (drawn from N(0, D^{-1/2}) and scaled by √D
+          in forward) × (9L)^{-1/4}; a tied LM head is scaled with it. No norm anywhere.
+        * norms keep their constructor init (γ = 1, β = 0; DyT's α₀ by position when
+          `dyt_alpha_init` is set). An untied LM head gets the base Linear init.
+        """
+        spec = self.layout.init
+        init_embedding(self.wte.weight, spec, spec.embed_gain)
+        init_embedding(self.wpe.weight, spec)
+        for block in self.blocks:
+            init_block(block, spec)
+        if not self.config.tie_embeddings:
+            init_linear(self.lm_head, spec)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters counted once (a tied head is the embedding); `non_embedding` drops wpe."""
+        return count_params(self, exclude=[self.wpe.weight] if non_embedding else [])
+
+    def _check_inputs(self, idx: Tensor, targets: Tensor | None, mask: Tensor | None) -> None:
+        if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
+            got = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, Tensor) else type(idx)
+            raise ValueError(f"GPT: idx must be an int64 tensor of shape (B, T), got {got}")
+        if idx.shape[1] > self.config.block_size:
+            raise ValueError(
+                f"GPT: sequence length {idx.shape[1]} exceeds block_size="
+                f"{self.config.block_size}; crop the input or raise GPTConfig.block_size"
+            )
+        for name, t, dtype in (("targets", targets, torch.long), ("mask", mask, torch.bool)):
+            if t is not None and (t.shape != idx.shape or t.dtype != dtype):
+                raise ValueError(
+                    f"GPT: {name} must be a {dtype} tensor of shape {tuple(idx.shape)} (as idx), "
+                    f"got {t.dtype} {tuple(t.shape)}"
+                )

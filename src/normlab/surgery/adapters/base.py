@@ -1,0 +1,107 @@
+"""What an adapter states about a model: where its norms sit, who reads them, who writes the stream.
+
+Surgery never guesses an architecture from its module names. An adapter, one file per
+architecture, returns a `Layout`: every norm site with the Linear(s) that read its output, every
+module or parameter that writes the residual stream, the weights that are tied, and whether the
+model is a Pre-LN model that the exact Pre-RMSNorm conversion applies to (and if not, why).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+# How a port's weight is laid out; "in"/"out" are the features the norm/stream side touches.
+#   linear:    nn.Linear, weight (out, in), y = x Wᵀ + b
+#   conv1d:    GPT-2's Conv1D, weight (in, out), y = x W + b
+#   embedding: nn.Embedding, weight (rows, D): every row is written to the stream
+#   conv2d:    nn.Conv2d patch embedding, weight (D, C, kh, kw), bias (D,)
+#   parameter: an nn.Parameter added to the stream, shape (..., D) (cls token, position table)
+PortKind = Literal["linear", "conv1d", "embedding", "conv2d", "parameter"]
+
+# Where a norm sits:
+#   pre:   reads the residual stream; its output goes only to `readers` (Pre-LN block input)
+#   final: the last norm; its output goes to `readers` (a head) or, with no readers, is the
+#          model output itself
+#   inner: reads something other than the stream (patches, an MLP hidden layer); its output
+#          goes only to `readers`: it folds, but the Pre-RMSNorm conversion does not apply
+#   post:  its output *is* the residual stream (Post-LN) or reaches a non-Linear consumer:
+#          nothing folds and the Pre-RMSNorm conversion does not apply
+Role = Literal["pre", "final", "inner", "post"]
+
+
+@dataclass(frozen=True)
+class Port:
+    """A module (or, for kind "parameter", a parameter) at `path` with its weight layout."""
+
+    path: str
+    kind: PortKind
+
+
+@dataclass(frozen=True)
+class NormSite:
+    """One norm module and every Linear that reads its output (all of them: a fold needs all)."""
+
+    path: str
+    role: Role
+    readers: tuple[Port, ...] = ()
+    input_scale: float = 1.0  # the readers see input_scale × the norm output (LNS's 1/√ℓ)
+    why: str = ""  # for role "post": what consumes the output
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The facts of one model instance that surgery needs.
+
+    Attributes:
+        arch: a label for messages, e.g. "gpt2 (GPT2LMHeadModel)".
+        norms: every norm site, in model order.
+        writers: every module/parameter whose output is added to the residual stream.
+        ties: (head weight, embedding weight) parameter paths that share one tensor now.
+        convert_refusal: None when the exact Pre-LN → Pre-RMSNorm conversion applies; otherwise
+            the reason it does not (Post-LN, already RMSNorm, an unsupported block, ...).
+        compress_refusal: why a D−1 stream would not run (modules that assume width D).
+    """
+
+    arch: str
+    norms: tuple[NormSite, ...]
+    writers: tuple[Port, ...] = ()
+    ties: tuple[tuple[str, str], ...] = ()
+    convert_refusal: str | None = None
+    compress_refusal: str | None = None
+
+
+class Adapter:
+    """Base class of the per-architecture adapters."""
+
+    name: ClassVar[str]
+
+    def layout(self, model: nn.Module) -> Layout:
+        raise NotImplementedError
+
+    def probe_inputs(self, model: nn.Module, generator: torch.Generator) -> dict[str, Any]:
+        """A small random input batch (keyword arguments of `model.forward`)."""
+        raise NotImplementedError
+
+    def output(self, model: nn.Module, inputs: Any) -> Tensor:
+        """The tensor the equivalence is measured on (logits, else the last hidden state)."""
+        raise NotImplementedError
+
+    def untie(self, model: nn.Module) -> None:
+        """Record in the model's own config that the head is no longer tied (HF models)."""
+
+
+def hf_output(model: nn.Module, inputs: Any) -> Tensor:
+    """Call a HuggingFace model; return `logits` when it has them, else `last_hidden_state`."""
+    out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+    return out["logits"] if "logits" in out else out["last_hidden_state"]
+
+
+def random_token_ids(
+    vocab_size: int, max_len: int, generator: torch.Generator, batch: int = 2, seq: int = 16
+) -> Tensor:
+    """Token ids of shape (batch, min(seq, max_len)) drawn uniformly from the vocabulary."""
+    return torch.randint(0, vocab_size, (batch, min(seq, max_len)), generator=generator)

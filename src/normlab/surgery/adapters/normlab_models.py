@@ -1,0 +1,106 @@
+"""normlab's own GPT and ViT (normlab.models), any norm and any placement scheme.
+
+Every block slot is read from its `Placement`: a "pre" norm feeds q/k/v_proj (attention) or fc1
+(MLP), scaled by `input_scale`; the MLP "hidden" norm feeds fc2; "branch_out" and "post" norms
+and the embedding norm write the stream (nothing folds). The final norm feeds the LM head (GPT)
+or the classifier through [CLS] or the token mean (ViT; both commute with a per-channel affine).
+Dual PatchNorm's first norm feeds the patch embedding, its second writes the stream.
+
+The exact Pre-RMSNorm conversion is offered for the "pre" scheme without gates or head scales;
+to_crmsnorm is refused because normlab's attention reshapes its output to the input width.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from normlab.surgery.adapters.base import Adapter, Layout, NormSite, Port
+
+_STREAM = "its output is added to or is the residual stream"
+
+
+def _block_sites(prefix: str, block: nn.Module) -> tuple[list[NormSite], list[Port], str | None]:
+    """Norm sites and stream writers of one block; a reason if the block is not plain Pre-LN."""
+    p = block.placement
+
+    def lin(*names: str) -> tuple[Port, ...]:
+        return tuple(Port(prefix + n, "linear") for n in names)
+
+    readers = {"attn": lin("attn.q_proj", "attn.k_proj", "attn.v_proj"), "mlp": lin("mlp.fc1")}
+    sites = []
+    for sub in ("attn", "mlp"):
+        for slot in p.slots(sub):
+            if slot == "pre":
+                path = f"{prefix}norms.{sub}_pre"
+                sites.append(NormSite(path, "pre", readers[sub], input_scale=p.input_scale))
+            elif slot == "hidden":
+                sites.append(NormSite(prefix + "mlp.norm", "inner", lin("mlp.fc2")))
+            else:
+                sites.append(NormSite(f"{prefix}norms.{sub}_{slot}", "post", why=_STREAM))
+    writers = [Port(prefix + "attn.out_proj", "linear"), Port(prefix + "mlp.fc2", "linear")]
+    plain = (
+        p.attn == ("pre",) and p.mlp == ("pre",) and not p.gates and not p.head_scale
+        and p.input_scale == 1.0
+    )
+    return sites, writers, None if plain else "a block other than plain Pre-LN"
+
+
+class NormlabAdapter(Adapter):
+    name = "normlab"
+
+    def layout(self, model: nn.Module) -> Layout:
+        is_gpt = type(model).__name__ == "GPT"
+        sites: list[NormSite] = []
+        if is_gpt:
+            writers = [Port("wte", "embedding"), Port("wpe", "embedding")]
+        else:
+            writers = [Port("patch_embed", "linear"), Port("pos_embed", "parameter")]
+            if model.cls_token is not None:
+                writers.append(Port("cls_token", "parameter"))
+            if model.patch_norm_in is not None:
+                sites.append(NormSite("patch_norm_in", "inner", (Port("patch_embed", "linear"),)))
+                sites.append(NormSite("patch_norm_out", "post", why=_STREAM))
+        if model.embed_norm is not None:
+            sites.append(NormSite("embed_norm", "post", why=_STREAM))
+        reasons = set()
+        for i, block in enumerate(model.blocks):
+            block_sites, block_writers, reason = _block_sites(f"blocks.{i}.", block)
+            sites += block_sites
+            writers += block_writers
+            if reason:
+                reasons.add(reason)
+        head = "lm_head" if is_gpt else "head"
+        if model.final_norm is not None:
+            sites.append(NormSite("final_norm", "final", (Port(head, "linear"),)))
+        ties = ()
+        if is_gpt and model.lm_head.weight is model.wte.weight:
+            ties = (("lm_head.weight", "wte.weight"),)
+        scheme = model.layout.scheme
+        refusal = None
+        if reasons or scheme != "pre" or model.final_norm is None:
+            refusal = (
+                f"placement {scheme!r} is not plain Pre-LN (norms outside the block inputs, "
+                f"gates or scales on the stream); the exact conversion needs scheme 'pre'"
+            )
+        return Layout(
+            arch=f"normlab {type(model).__name__} (placement {scheme!r})",
+            norms=tuple(sites), writers=tuple(writers), ties=ties, convert_refusal=refusal,
+        )
+
+    def probe_inputs(self, model: nn.Module, generator: torch.Generator) -> dict[str, Any]:
+        c = model.config
+        if type(model).__name__ == "GPT":
+            length = min(16, c.block_size)
+            return {"idx": torch.randint(0, c.vocab_size, (2, length), generator=generator)}
+        size = (2, c.channels, c.image_size, c.image_size)
+        return {"images": torch.randn(size, generator=generator)}
+
+    def output(self, model: nn.Module, inputs: Any) -> Tensor:
+        logits, _ = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+        return logits
+
+    def untie(self, model: nn.Module) -> None:
+        model.config.tie_embeddings = False

@@ -1,0 +1,107 @@
+"""The training loop: exact resume, divergence handling, AGC option, metrics files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from safetensors.torch import load_file
+
+from normlab.bench import checkpoint, train
+from normlab.bench.config import load_preset
+from normlab.bench.metrics import read_metrics
+
+DETERMINISTIC = ("kind", "step", "loss", "lr", "grad_norm", "val_loss", "val_acc")
+
+
+def smoke(cache_dir, *overrides):
+    cfg, _ = load_preset("smoke", ["placement.name=pre", "norm.name=layernorm",
+                                   f"data.cache_dir={cache_dir}", *overrides])
+    return cfg
+
+
+def comparable(records):
+    return [{k: r[k] for k in DETERMINISTIC if k in r} for r in records]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_a_kill_matches_the_uninterrupted_run_exactly(tmp_path, cache_dir):
+    # dropout > 0 so the RNG state must be restored too; checkpoints at 4 and 8 of 12 steps
+    cfg = smoke(cache_dir, "model.dropout=0.1", "train.checkpoint_every=4", "train.eval_every=3")
+    straight = train.run(cfg, tmp_path / "straight")
+
+    def kill_at_6(step, record):
+        if step == 6:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train.run(cfg, tmp_path / "resumed", on_step=kill_at_6)
+    assert checkpoint.latest(tmp_path / "resumed").name == "step_0000004"
+    assert max(r["step"] for r in read_metrics(tmp_path / "resumed" / "metrics.jsonl")) == 6
+    resumed = train.run(cfg, tmp_path / "resumed", resume=True)
+
+    a = read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    b = read_metrics(tmp_path / "resumed" / "metrics.jsonl")
+    assert comparable(a) == comparable(b)  # exact equality, step for step
+    assert [r["step"] for r in b if r["kind"] == "train"] == list(range(1, 13))
+    assert resumed["status"] == straight["status"] == "completed"
+    assert resumed["final_val_loss"] == straight["final_val_loss"]
+    final_a = load_file(checkpoint.latest(tmp_path / "straight") / "model.safetensors")
+    final_b = load_file(checkpoint.latest(tmp_path / "resumed") / "model.safetensors")
+    assert final_a.keys() == final_b.keys()
+    assert all(final_a[k].equal(final_b[k]) for k in final_a)
+
+
+def test_metrics_and_summary_files(tmp_path, cache_dir):
+    cfg = smoke(cache_dir)
+    summary = train.run(cfg, tmp_path / "run")
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    steps = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in steps] == list(range(1, cfg.train.steps + 1))
+    assert [r["step"] for r in evals] == [6, 12]
+    assert all(r["tokens_per_s"] > 0 and r["mem_bytes"] > 0 for r in steps)
+    # warmup then cosine: lr rises to the peak, then falls to min_lr_ratio * lr at the end
+    assert steps[1]["lr"] == pytest.approx(cfg.optim.lr)
+    assert steps[-1]["lr"] == pytest.approx(cfg.optim.lr * cfg.schedule.min_lr_ratio)
+    assert summary["final_val_loss"] == evals[-1]["val_loss"] < math.log(256)
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert on_disk["status"] == "completed" and on_disk["final_val_loss"] == evals[-1]["val_loss"]
+    assert json.loads((tmp_path / "run" / "config.json").read_text()) == cfg.to_dict()
+
+
+def test_huge_learning_rate_diverges_cleanly(tmp_path, cache_dir):
+    cfg = smoke(cache_dir, "optim.lr=1e4", "optim.grad_clip=0", "schedule.warmup_steps=0",
+                "train.steps=30")
+    summary = train.run(cfg, tmp_path / "run")
+    assert summary["status"] == "diverged" and summary["final_val_loss"] is None
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    event = records[-1]
+    assert event["kind"] == "diverged" and event["step"] == summary["diverged_step"] < 30
+    assert not math.isfinite(event["loss"]) or (
+        event["loss"] > cfg.train.spike_threshold * event["running_min"])
+
+
+def test_agc_option_runs_and_changes_the_update(tmp_path, cache_dir):
+    plain = train.run(smoke(cache_dir, "train.steps=4"), tmp_path / "plain")
+    clipped = train.run(smoke(cache_dir, "train.steps=4", "optim.agc=0.001"), tmp_path / "agc")
+    assert clipped["status"] == "completed"
+    assert clipped["final_train_loss"] != plain["final_train_loss"]
+
+
+def test_vit_on_digits_trains(tmp_path, cache_dir):
+    cfg, _ = load_preset("vit-quick", ["placement.name=pre", "norm.name=rmsnorm",
+                                       "train.steps=6", "train.eval_every=3",
+                                       "model.depth=1", "model.dim=32"])
+    summary = train.run(cfg, tmp_path / "vit")
+    evals = [r for r in read_metrics(tmp_path / "vit" / "metrics.jsonl") if r["kind"] == "eval"]
+    assert summary["status"] == "completed" and 0.0 <= evals[-1]["val_acc"] <= 1.0
+
+
+def test_fp16_on_cpu_is_refused(tmp_path, cache_dir):
+    with pytest.raises(ValueError, match="fp16"):
+        train.run(smoke(cache_dir, "precision=fp16", "device=cpu"), tmp_path / "x")
