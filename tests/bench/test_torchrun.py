@@ -28,6 +28,9 @@ def test_two_process_ddp_run(tmp_path, cache_dir):
     # only rank 0 writes: one record per step, no duplicates
     assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 7))
     assert [r["step"] for r in records if r["kind"] == "eval"] == [3, 6]
+    # the smoke preset records diagnostics at the last step: once, by rank 0
+    diagnostics = read_metrics(out / "diagnostics.jsonl")
+    assert [r["step"] for r in diagnostics] == [6] and len(diagnostics[0]["blocks"]) == 2
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["world_size"] == 2
     state = json.loads((out / "checkpoints" / "step_0000006" / "manifest.json").read_text())
@@ -48,6 +51,8 @@ def test_fsdp_run_resumes_exactly(tmp_path, cache_dir):
     result = subprocess.run(first, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     straight = read_metrics(out / "metrics.jsonl")
+    diagnosed = read_metrics(out / "diagnostics.jsonl")
+    assert [r["step"] for r in diagnosed] == [6]
     # as if killed after step 6 before its checkpoint and summary were written
     (out / "summary.json").unlink()
     (out / "checkpoints" / "latest").write_text("step_0000003")
@@ -58,4 +63,5 @@ def test_fsdp_run_resumes_exactly(tmp_path, cache_dir):
     keys = ("kind", "step", "loss", "lr", "grad_norm", "val_loss")
     assert [{k: r.get(k) for k in keys} for r in resumed] == [
         {k: r.get(k) for k in keys} for r in straight]
+    assert read_metrics(out / "diagnostics.jsonl") == diagnosed
     assert json.loads((out / "summary.json").read_text())["status"] == "completed"

@@ -97,6 +97,26 @@ def test_dyt_alpha_by_position():
     assert default.final_norm.alpha.item() == pytest.approx(0.5)  # DyT's own α₀
 
 
+def test_learnable_embedding_gain():
+    """embed_gain_init=g multiplies the token embeddings by a learned scalar starting at g."""
+    untied = dict(norm="dyt", tie_embeddings=False)  # the head must not see the ×8 below
+    plain, gained = gpt(**untied), gpt(**untied, embed_gain_init=8.0)
+    assert plain.embed_gain is None
+    assert gained.embed_gain.item() == 8.0 and gained.embed_gain.requires_grad
+    with torch.no_grad():
+        plain.wte.weight.mul_(8.0)  # same function: token rows × 8, position rows unchanged
+    idx = tokens()
+    assert torch.allclose(plain(idx)[0], gained(idx)[0], atol=1e-6)
+    gained(idx, tokens(seed=2))[1].backward()
+    assert gained.embed_gain.grad is not None and gained.embed_gain.grad.abs() > 0
+    with torch.no_grad():
+        gained.embed_gain.fill_(1.0)
+    gained.init_weights()
+    assert gained.embed_gain.item() == 8.0
+    with pytest.raises(ValueError, match="embed_gain_init must be > 0"):
+        GPTConfig(embed_gain_init=0.0)
+
+
 def std_ratio(w: torch.Tensor, expected: float) -> float:
     return w.std().item() / expected
 

@@ -1,6 +1,7 @@
 """Every scheme × (layernorm, rmsnorm, dyt) trains: both models overfit one tiny batch.
 
-The default run covers each scheme once (the norm rotating); the full matrix is marked slow.
+The full matrix runs by default (about 90 s on one core): the claim is that every scheme
+trains with every one of these norms, so every pair is tested.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from normlab.models import GPT, GPTConfig, ViT, ViTConfig
 from normlab.norms import list_norms
 
 NORMS = [n for n in ("layernorm", "rmsnorm", "dyt") if n in list_norms()]
-STEPS, LR = 80, 1e-2
+# Adam steps and learning rates: the GPT learns slowly under some schemes at 3e-3 (post-DyT),
+# the norm-free ViT (tfixup) spikes at 1e-2.
+STEPS, GPT_LR, VIT_LR = 120, 1e-2, 3e-3
 
 
 def has_norms(scheme: str) -> bool:
@@ -21,16 +24,12 @@ def has_norms(scheme: str) -> bool:
     return layout.final_norm or layout.embed_norm or any(p.attn or p.mlp for p in layout.blocks)
 
 
-FULL = [(s, n) for s in SCHEMES for n in (NORMS if has_norms(s) else NORMS[:1])]
-DEFAULT = [(s, NORMS[i % len(NORMS)]) for i, s in enumerate(SCHEMES)]
-MATRIX = [
-    pytest.param(s, n, marks=() if (s, n) in DEFAULT else pytest.mark.slow) for s, n in FULL
-]
+MATRIX = [(s, n) for s in SCHEMES for n in (NORMS if has_norms(s) else NORMS[:1])]
 
 
-def overfit(model: torch.nn.Module, *batch: torch.Tensor) -> tuple[float, float]:
+def overfit(model: torch.nn.Module, lr: float, *batch: torch.Tensor) -> tuple[float, float]:
     """(first loss, last loss) of Adam steps on one fixed batch."""
-    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
     for _ in range(STEPS):
         _, loss = model(*batch)
@@ -48,7 +47,7 @@ def test_gpt_overfits_a_tiny_batch(scheme, norm):
                           placement=scheme))
     gen = torch.Generator().manual_seed(1)
     idx, targets = (torch.randint(0, 32, (4, 16), generator=gen) for _ in range(2))
-    first, last = overfit(model, idx, targets)
+    first, last = overfit(model, GPT_LR, idx, targets)
     assert last < 0.5 * first, (first, last)
 
 
@@ -63,12 +62,12 @@ def tiny_images() -> tuple[torch.Tensor, torch.Tensor]:
 def test_vit_overfits_a_tiny_batch(scheme, norm):
     torch.manual_seed(0)
     model = ViT(ViTConfig(depth=2, dim=32, heads=4, norm=norm, placement=scheme, pool="mean"))
-    first, last = overfit(model, *tiny_images())
+    first, last = overfit(model, VIT_LR, *tiny_images())
     assert last < 0.5 * first, (first, last)
 
 
 def test_vit_with_a_class_token_overfits():
     torch.manual_seed(0)
     model = ViT(ViTConfig(depth=2, dim=32, heads=4, pool="cls"))
-    first, last = overfit(model, *tiny_images())
+    first, last = overfit(model, VIT_LR, *tiny_images())
     assert last < 0.5 * first, (first, last)

@@ -7,13 +7,11 @@ import warnings
 
 import pytest
 import torch
+from tests.norms.helpers import F64, perturbed, random_mask
 from torch.func import functional_call
 
 from normlab import make_norm
-from normlab.norms.batch import PRepBN
-
-F64 = torch.float64
-
+from normlab.norms.prepbn import PRepBN
 
 # ---------------------------------------------------------------------------------------------
 # Independent references, written from the formulas (per channel, with explicit sums).
@@ -61,22 +59,6 @@ def ref_group(z, groups, gw, gb, eps):
         var = ((block - mean) ** 2).sum(-1, keepdim=True) / size
         out[..., g * size:(g + 1) * size] = (block - mean) / torch.sqrt(var + eps) * gw[g] + gb[g]
     return out
-
-
-def perturbed(name, dim, **kw):
-    torch.manual_seed(0)
-    norm = make_norm(name, dim, dtype=F64, **kw)
-    with torch.no_grad():
-        for p in norm.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return norm
-
-
-def random_mask(shape, seed=3):
-    gen = torch.Generator().manual_seed(seed)
-    mask = torch.rand(shape, generator=gen) > 0.4
-    mask.view(-1)[:2] = True
-    return mask
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,9 +342,10 @@ def test_prepbn_bad_schedule_raises(bad):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dim,groups,expected", [(64, None, 32), (48, None, 24), (12, None, 12),
-                                                 (48, 16, 16), (7, None, 7)])
+@pytest.mark.parametrize("dim,groups,expected", [(64, None, 32), (48, None, 24), (12, None, 6),
+                                                 (16, None, 8), (48, 16, 16), (7, None, 1)])
 def test_bcn_group_count(dim, groups, expected):
+    """The default is 32 lowered to a divisor of C with at least two channels per group."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         norm = make_norm("bcn", dim, groups=groups)
@@ -372,12 +355,26 @@ def test_bcn_group_count(dim, groups, expected):
     assert torch.equal(norm.group_bias, torch.zeros(expected))
 
 
-def test_bcn_explicit_non_divisor_warns():
+def test_bcn_explicit_groups_warn_when_lowered_or_one_channel():
     with pytest.warns(UserWarning, match="does not divide"):
         norm = make_norm("bcn", 48, groups=10)
     assert norm.groups == 8
+    with pytest.warns(UserWarning, match="one channel per group"):
+        assert make_norm("bcn", 12, groups=12).groups == 12
     with pytest.raises(ValueError, match="groups must be a positive int"):
         make_norm("bcn", 48, groups=0)
+
+
+def test_bcn_default_groups_keep_the_input_at_small_widths():
+    """With one channel per group every token would come out as the group bias alone."""
+    for dim in (4, 12, 32):
+        norm = perturbed("bcn", dim)
+        x = torch.randn(3, 5, dim, dtype=F64)
+        for mode in ("train", "eval"):
+            getattr(norm, mode)()
+            y = norm(x)
+            spread = (y - y.mean((0, 1))).abs().amax((0, 1))  # per channel, over tokens
+            assert (spread > 0.1).all(), f"dim={dim} {mode}: a channel is constant over tokens"
 
 
 def test_bcn_matches_reference_train_and_eval():

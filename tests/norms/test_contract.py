@@ -12,6 +12,7 @@ import functools
 
 import pytest
 import torch
+from tests.norms.helpers import perturbed, random_mask
 from torch.func import functional_call
 
 from normlab import NormInfo, get_norm_class, list_norms, make_norm, register_norm
@@ -26,12 +27,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:prepbn. switching to eval")
 
 def build(name: str, dim: int = DIM, *, dtype=torch.float32, seed: int = 0) -> Norm:
     """A norm whose parameters are perturbed away from their init, so an ignored γ/β shows."""
-    torch.manual_seed(seed)
-    norm = make_norm(name, dim, dtype=dtype)
-    with torch.no_grad():
-        for p in norm.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return norm
+    return perturbed(name, dim, scale=0.1, dtype=dtype, seed=seed)
 
 
 def warm_up(norm: Norm, steps: int = 3, shape=(4, 5, DIM), dtype=torch.float32) -> Norm:
@@ -56,10 +52,12 @@ def assert_same_state(a: dict, b: dict) -> None:
 
 
 def padding_mask(shape) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(2)
-    mask = torch.rand(shape, generator=gen) > 0.3
-    mask.view(-1)[:2] = True
-    return mask
+    return random_mask(shape, seed=2, pad=0.3)
+
+
+def float_buffers(norm: Norm) -> dict[str, torch.Tensor]:
+    """The floating-point buffers: for a running-statistics norm, its running statistics."""
+    return {k: b for k, b in norm.named_buffers() if b.is_floating_point()}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -103,14 +101,25 @@ def test_gradcheck_fp64_eval(name):
     assert torch.autograd.gradcheck(lambda x: copy.deepcopy(norm)(x), (x,), eps=1e-6, atol=1e-5)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+HALF = [torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("built_in", ["float32", "half"])
+@pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("name", NAMES)
-def test_half_precision_uses_fp32_statistics(name, dtype):
-    """Half inputs give half outputs close to the fp32 result, even where x² overflows fp16."""
-    norm = build(name)
+def test_half_precision_uses_fp32_statistics(name, dtype, built_in):
+    """Half inputs give half outputs close to the fp32 result, even where x² overflows fp16,
+    whether the norm itself is float32 or built in the half dtype (parameters in half)."""
+    if built_in == "half":
+        norm = build(name, dtype=dtype)
+        assert all(p.dtype == dtype for p in norm.parameters())
+        reference = make_norm(name, DIM)  # the same (rounded) parameters, in float32
+        reference.load_state_dict(norm.state_dict())
+    else:
+        norm = reference = build(name)
     for scale in (1.0, 300.0):  # 300² = 9e4 > 65504: statistics in fp16 would overflow
         x = torch.randn(2, 5, DIM) * scale
-        expected = copy.deepcopy(norm)(x)
+        expected = copy.deepcopy(reference)(x)
         got = copy.deepcopy(norm)(x.to(dtype))
         assert got.dtype == dtype
         assert torch.isfinite(got).all(), f"non-finite output at input scale {scale}"
@@ -118,6 +127,40 @@ def test_half_precision_uses_fp32_statistics(name, dtype):
         ref = expected.to(dtype).float()
         torch.testing.assert_close(got.float(), ref, atol=tol * ref.abs().max().item() + tol,
                                    rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("name", [n for n in NAMES if get_norm_class(n).info.has_running_stats])
+def test_running_statistics_stay_fp32(name, dtype):
+    """Built in a half dtype, trained on half inputs or converted with .to(half): the running
+    statistics are float32 (a half EMA would round its updates away); .double() gives float64."""
+    built = warm_up(make_norm(name, DIM, dtype=dtype), dtype=dtype)
+    assert float_buffers(built)
+    assert {b.dtype for b in float_buffers(built).values()} == {torch.float32}
+    trained = warm_up(build(name))
+    before = {k: b.clone() for k, b in float_buffers(trained).items()}
+    converted = copy.deepcopy(trained).to(dtype)
+    assert all(p.dtype == dtype for p in converted.parameters())
+    for key, value in float_buffers(converted).items():
+        assert value.dtype == torch.float32, key
+        assert torch.equal(value, before[key]), f"{key} lost precision in the conversion"
+    doubled = copy.deepcopy(converted).double()
+    assert {b.dtype for b in float_buffers(doubled).values()} == {torch.float64}
+    assert {b.dtype for b in float_buffers(doubled.float()).values()} == {torch.float32}
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("name", NAMES)
+def test_output_depends_on_input(name, mode):
+    """Every token's output changes with the input: no default setting collapses a norm to a
+    constant (e.g. groups of one channel, whose variance is 0)."""
+    norm = warm_up(build(name))
+    getattr(norm, mode)()
+    gen = torch.Generator().manual_seed(3)
+    a, b = (torch.randn(3, 4, DIM, generator=gen) * 2 + 0.5 for _ in range(2))
+    ya, yb = copy.deepcopy(norm)(a), copy.deepcopy(norm)(b)
+    change = (ya - yb).abs().amax(-1)  # per token
+    assert (change > 1e-2).all(), f"{name} ({mode}): some token's output ignores its input"
 
 
 @pytest.mark.parametrize("shape", [(3, 7, 33), (5, 33), (2, 3, 4, 33)])
@@ -198,8 +241,15 @@ def test_fold_claim(name):
         return
     scale, shift = norm.eval_affine()
     assert scale.shape == shift.shape == (DIM,)
+    assert scale.dtype == shift.dtype == torch.float32
+    assert not (scale.requires_grad or shift.requires_grad)
     x = torch.randn(3, 4, DIM)
     torch.testing.assert_close(norm(x), scale * x + shift, atol=1e-5, rtol=1e-5)
+    wide = norm.eval_affine(dtype=torch.float64, device="cpu")
+    assert [t.dtype for t in wide] == [torch.float64] * 2
+    torch.testing.assert_close(wide, (scale.double(), shift.double()))
+    half = build(name, dtype=torch.float16).eval()  # statistics dtype: float32 for half modules
+    assert {t.dtype for t in half.eval_affine()} == {torch.float32}
 
 
 @pytest.mark.parametrize("name", NAMES)

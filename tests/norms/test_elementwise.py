@@ -6,18 +6,10 @@ import math
 
 import pytest
 import torch
+from tests.norms.helpers import perturbed
 
 from normlab import make_norm
 from normlab.norms.elementwise import eln
-
-
-def perturbed(name: str, dim: int, **kw):
-    torch.manual_seed(0)
-    norm = make_norm(name, dim, dtype=torch.float64, **kw)
-    with torch.no_grad():
-        for p in norm.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return norm
 
 
 def dyt_reference(x, alpha, weight=None, bias=None):
@@ -117,8 +109,9 @@ def test_eln_bounds_are_sqrt_c_minus_1():
 
 
 def test_eln_exact_identity_recovers_layernorm():
-    """methods.md §9: LN(x)_i = ELN with μ = m' and β = C/(C-1)·Σ_{k≠i}(x_k - m')², where m' is
-    the mean of the other C-1 channels. Checks the formula of `eln` to round-off."""
+    """The paper's identity (Stollenwerk, "Elementwise Layer Normalization", arXiv 2503.21708):
+    LN(x)_i = ELN with μ = m' and β = C/(C-1)·Σ_{k≠i}(x_k - m')², where m' is the mean of the
+    other C-1 channels. Checks the formula of `eln` to round-off."""
     torch.manual_seed(1)
     c = 7
     x = 2 * torch.randn(3, 5, c, dtype=torch.float64) + 0.7

@@ -6,6 +6,14 @@ import time
 
 import pytest
 import torch
+from tests.norms.helpers import (
+    affine_norm,
+    assert_padding_excluded,
+    assert_same_continuation,
+    batches,
+    edge_mask,
+    train_step,
+)
 
 from normlab.norms import make_norm
 from normlab.norms.online import OnlineNorm, linear_recurrence
@@ -15,7 +23,8 @@ EPS = 1e-5
 
 
 class ReferenceOnline:
-    """Online Normalization written from the method spec: one token at a time, plain loops."""
+    """Online Normalization written from the paper's algorithm (Chiley et al., NeurIPS 2019) and the
+    official Cerebras online-normalization code: one token at a time, plain loops."""
 
     def __init__(self, dim, *, af=0.999, ab=0.99, clamp=5.0):
         self.mu = torch.zeros(dim, dtype=DT)
@@ -59,39 +68,17 @@ class ReferenceOnline:
 
 
 def _module(dim=6, w_scale=0.5, **kw) -> OnlineNorm:
-    torch.manual_seed(0)
-    norm = make_norm("onlinenorm", dim, **kw).to(DT)
-    with torch.no_grad():
-        norm.weight.copy_(1 + w_scale * torch.randn(dim, dtype=DT))
-        norm.bias.copy_(0.3 * torch.randn(dim, dtype=DT))
-    return norm
-
-
-def _mask(shape):
-    mask = torch.ones(shape, dtype=torch.bool)
-    mask[0, -2:] = False
-    mask[-1, 1] = False
-    return mask
-
-
-def _module_step(norm, x, mask, dy):
-    norm.zero_grad()
-    x = x.clone().requires_grad_(True)
-    y = norm(x, mask)
-    y.backward(dy)
-    return y.detach(), x.grad, norm.weight.grad, norm.bias.grad
+    return affine_norm("onlinenorm", dim, w_scale=w_scale, **kw)
 
 
 def _batches(steps, shape, seed=1, scale=1.0):
-    gen = torch.Generator().manual_seed(seed)
-    for k in range(steps):
-        yield (scale * (1 + k) * torch.randn(shape, generator=gen, dtype=DT) + 0.5,
-               torch.randn(shape, generator=gen, dtype=DT))
+    """Batches whose scale grows by `scale` per step."""
+    return batches([scale * (1 + k) for k in range(steps)], shape, seed=seed, shift=0.5)
 
 
-def _compare(norm, ref, batches, mask, rtol=1e-10, atol=1e-12):
-    for step, (x, dy) in enumerate(batches, start=1):
-        got = _module_step(norm, x, mask, dy)
+def _compare(norm, ref, data, mask, rtol=1e-10, atol=1e-12):
+    for step, (x, dy) in enumerate(data, start=1):
+        got = train_step(norm, x, mask, dy)
         want = ref.step(x, mask, dy, norm.weight.detach(), norm.bias.detach())
         for name, g, w in zip(("y", "dx", "dweight", "dbias"), got, want, strict=True):
             torch.testing.assert_close(g, w, rtol=rtol, atol=atol, msg=f"{name} at step {step}")
@@ -106,7 +93,8 @@ def test_matches_token_by_token_reference(use_mask, af, ab):
     shape = (3, 7, 5)
     norm = _module(5, w_scale=1.5, alpha_fwd=af, alpha_bkw=ab)
     ref = ReferenceOnline(5, af=af, ab=ab)
-    _compare(norm, ref, _batches(3, shape, scale=2.0), _mask(shape[:-1]) if use_mask else None)
+    mask = edge_mask(shape[:-1]) if use_mask else None
+    _compare(norm, ref, _batches(3, shape, scale=2.0), mask)
     assert ref.clamped > 0  # the activation clamp was active in forward and backward
 
 
@@ -117,7 +105,7 @@ def test_float32_matches_float64_reference():
     for _ in range(2):
         x = torch.randn(4, 33, 16, generator=gen)
         dy = torch.randn(4, 33, 16, generator=gen)
-        got = _module_step(norm, x, None, dy)
+        got = train_step(norm, x, None, dy)
         want = ref.step(x.double(), None, dy.double(), torch.ones(16, dtype=DT),
                         torch.zeros(16, dtype=DT))
         for g, w in zip(got, want, strict=True):
@@ -129,8 +117,8 @@ def test_tokens_stream_in_row_major_order():
     shape = (2, 6, 4)
     x, dy = next(_batches(1, shape, seed=7))
     one, two = _module(4, alpha_fwd=0.8), _module(4, alpha_fwd=0.8)
-    y, dx, dw, db = _module_step(one, x, None, dy)
-    parts = [_module_step(two, x[i : i + 1], None, dy[i : i + 1]) for i in range(2)]
+    y, dx, dw, db = train_step(one, x, None, dy)
+    parts = [train_step(two, x[i : i + 1], None, dy[i : i + 1]) for i in range(2)]
     torch.testing.assert_close(y, torch.cat([p[0] for p in parts]))
     torch.testing.assert_close(dx, torch.cat([p[1] for p in parts]))
     torch.testing.assert_close(dw, parts[0][2] + parts[1][2])
@@ -157,7 +145,7 @@ def test_batch_size_one_and_one_dimensional_input():
     for shape in ((1, 4), (4,), (1, 1, 4)):
         x, dy = torch.randn(shape, generator=gen, dtype=DT), torch.randn(shape, generator=gen,
                                                                           dtype=DT)
-        got = _module_step(norm, x, None, dy)
+        got = train_step(norm, x, None, dy)
         want = ref.step(x, None, dy, norm.weight.detach(), norm.bias.detach())
         for g, w in zip(got, want, strict=True):
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
@@ -165,26 +153,16 @@ def test_batch_size_one_and_one_dimensional_input():
 
 def test_padding_is_excluded():
     shape = (3, 5, 6)
-    mask = _mask(shape[:-1])
-    a, b, c = _module(alpha_fwd=0.8), _module(alpha_fwd=0.8), _module(alpha_fwd=0.8)
-    for x, dy in _batches(3, shape, seed=4):
-        noisy = torch.where(mask.unsqueeze(-1), x, 1e3 * torch.randn_like(x))
-        ya, dxa, _, _ = _module_step(a, x, mask, dy)
-        yb, dxb, _, _ = _module_step(b, noisy, mask, dy)
-        yc, dxc, _, _ = _module_step(c, x[mask].unsqueeze(0), None, dy[mask].unsqueeze(0))
-        torch.testing.assert_close(ya[mask], yb[mask])
-        torch.testing.assert_close(dxa[mask], dxb[mask])
-        torch.testing.assert_close(ya[mask], yc[0])
-        torch.testing.assert_close(dxa[mask], dxc[0])
-        for name in ("running_mean", "running_var", "u", "v"):
-            torch.testing.assert_close(getattr(a, name), getattr(b, name))
-            torch.testing.assert_close(getattr(a, name), getattr(c, name))
+    assert_padding_excluded(
+        lambda: _module(alpha_fwd=0.8), _batches(3, shape, seed=4), edge_mask(shape[:-1]),
+        garbage=1e3,
+    )
 
 
 def test_eval_uses_frozen_statistics_without_clamp():
     norm = _module(6, alpha_fwd=0.6)
     for x, dy in _batches(2, (2, 5, 6)):
-        _module_step(norm, x, None, dy)
+        train_step(norm, x, None, dy)
     norm.eval()
     frozen = {k: v.clone() for k, v in norm.state_dict().items()}
     x = 20 * torch.randn(3, 4, 6, dtype=DT)
@@ -201,20 +179,15 @@ def test_eval_uses_frozen_statistics_without_clamp():
 
 def test_state_dict_round_trip_mid_training():
     shape = (2, 4, 6)
-    mask = _mask(shape[:-1])
-    batches = list(_batches(4, shape, seed=5))
+    mask = edge_mask(shape[:-1])
+    data = list(_batches(4, shape, seed=5))
     a = _module(alpha_fwd=0.8)
-    for x, dy in batches[:2]:
-        _module_step(a, x, mask, dy)
-    b = make_norm("onlinenorm", 6, alpha_fwd=0.8).to(DT)
+    for x, dy in data[:2]:
+        train_step(a, x, mask, dy)
+    b = make_norm("onlinenorm", 6, alpha_fwd=0.8, dtype=DT)
     b.load_state_dict(a.state_dict())
     assert set(a.state_dict()) >= {"running_mean", "running_var", "u", "v"}
-    for x, dy in batches[2:]:
-        stepped = zip(_module_step(b, x, mask, dy), _module_step(a, x, mask, dy), strict=True)
-        for got, want in stepped:
-            assert torch.equal(got, want)
-    for key, value in a.state_dict().items():
-        assert torch.equal(value, b.state_dict()[key]), key
+    assert_same_continuation(a, b, data[2:], mask)
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 5, 8, 13])

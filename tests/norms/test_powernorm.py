@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.norms.helpers import (
+    affine_norm,
+    assert_padding_excluded,
+    assert_same_continuation,
+    batches,
+    edge_mask,
+    train_step,
+)
 
 from normlab.norms import make_norm
 from normlab.norms.powernorm import PowerNorm
@@ -13,7 +21,8 @@ EPS = 1e-5
 
 
 class ReferencePowerNorm:
-    """PowerNorm written from the method spec: plain tensors, backward by hand."""
+    """PowerNorm written from the paper's algorithm and the official MaskPowerNorm code (Shen
+    et al., ICML 2020; sIncerass/powernorm): plain tensors, backward by hand."""
 
     def __init__(self, dim: int, *, warmup: int, groups: int, af: float = 0.9, ab: float = 0.9):
         self.phi = torch.ones(dim, dtype=DT)
@@ -54,35 +63,12 @@ class ReferencePowerNorm:
 
 
 def _module(dim=8, **kw) -> PowerNorm:
-    torch.manual_seed(0)
-    norm = make_norm("powernorm", dim, **kw).to(DT)
-    with torch.no_grad():
-        norm.weight.copy_(1 + 0.5 * torch.randn(dim, dtype=DT))
-        norm.bias.copy_(0.3 * torch.randn(dim, dtype=DT))
-    return norm
-
-
-def _mask(shape):
-    mask = torch.ones(shape, dtype=torch.bool)
-    mask[0, -2:] = False
-    mask[-1, -1] = False
-    return mask
-
-
-def _module_step(norm, x, mask, dy):
-    norm.zero_grad()
-    x = x.clone().requires_grad_(True)
-    y = norm(x, mask)
-    y.backward(dy)
-    return y.detach(), x.grad, norm.weight.grad, norm.bias.grad
+    return affine_norm("powernorm", dim, **kw)
 
 
 def _batches(steps, shape, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    for k in range(steps):
-        scale = 1.0 + 0.5 * k
-        yield (scale * torch.randn(shape, generator=gen, dtype=DT) + 0.2,
-               torch.randn(shape, generator=gen, dtype=DT))
+    """Batches whose scale grows by half of the first one per step."""
+    return batches([1.0 + 0.5 * k for k in range(steps)], shape, seed=seed, shift=0.2)
 
 
 @pytest.mark.parametrize("use_mask", [False, True])
@@ -91,9 +77,9 @@ def test_matches_reference_before_and_after_warmup(use_mask, groups):
     shape, dim, warmup = (3, 5, 8), 8, 3
     norm = _module(dim, warmup_iters=warmup, group_num=groups)
     ref = ReferencePowerNorm(dim, warmup=warmup, groups=groups)
-    mask = _mask(shape[:-1]) if use_mask else None
+    mask = edge_mask(shape[:-1]) if use_mask else None
     for step, (x, dy) in enumerate(_batches(7, shape), start=1):
-        y, dx, dw, db = _module_step(norm, x, mask, dy)
+        y, dx, dw, db = train_step(norm, x, mask, dy)
         ry, rdx, rdw, rdb, _ = ref.step(x, mask, dy, norm.weight.detach(), norm.bias.detach())
         for got, want in ((y, ry), (dx, rdx), (dw, rdw), (db, rdb)):
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12, msg=f"step {step}")
@@ -123,11 +109,11 @@ def test_backward_divides_by_batch_psi_after_warmup():
     norm = _module(4, warmup_iters=1)
     for _ in range(3):  # t = 2, 3 use φ in the forward; random dy makes Γ non-zero
         x = torch.randn(5, 4, dtype=DT) * 4
-        _module_step(norm, x, None, torch.randn_like(x))
+        train_step(norm, x, None, torch.randn_like(x))
     # g = 0 leaves only -(1-α_b)·Γ·z in ĝ; z uses φ, the division uses the batch ψ²
     x = torch.randn(5, 4, dtype=DT) * 4
     phi, gam = norm.running_phi.clone(), norm.ema_gz.clone()
-    _, dx, _, _ = _module_step(norm, x, None, torch.zeros_like(x))
+    _, dx, _, _ = train_step(norm, x, None, torch.zeros_like(x))
     ref = ReferencePowerNorm(4, warmup=1, groups=1)
     xg, s = ref.group_scale(x)
     xt = xg.reshape(x.shape)
@@ -140,11 +126,11 @@ def test_backward_divides_by_batch_psi_after_warmup():
 
 
 def test_gamma_accumulates_additively():
-    """Errata 2: Γ ← Γ + mean(ĝ·z), not an EMA on Γ."""
+    """Γ ← Γ + mean(ĝ·z), additive as in the official MaskPowerNorm backward, not an EMA on Γ."""
     norm = _module(4, warmup_iters=5)
     x = torch.randn(64, 4, dtype=DT)
     dy = torch.ones_like(x)
-    _module_step(norm, x, None, dy)
+    train_step(norm, x, None, dy)
     first = norm.ema_gz.clone()
     norm.zero_grad()
     xr = x.clone().requires_grad_(True)
@@ -157,31 +143,22 @@ def test_gamma_accumulates_additively():
 
 def test_padding_is_excluded():
     shape = (3, 5, 8)
-    mask = _mask(shape[:-1])
-    a, b = _module(warmup_iters=2), _module(warmup_iters=2)
-    c = _module(warmup_iters=2)
-    for x, dy in _batches(4, shape, seed=3):
-        noisy = torch.where(mask.unsqueeze(-1), x, 100 * torch.randn_like(x))
-        ya, dxa, dwa, _ = _module_step(a, x, mask, dy)
-        yb, dxb, _, _ = _module_step(b, noisy, mask, dy)
-        # only the real tokens, no mask
-        yc, dxc, dwc, _ = _module_step(c, x[mask].unsqueeze(0), None, dy[mask].unsqueeze(0))
-        torch.testing.assert_close(ya[mask], yb[mask])
-        torch.testing.assert_close(dxa[mask], dxb[mask])
-        torch.testing.assert_close(ya[mask], yc[0])
-        torch.testing.assert_close(dxa[mask], dxc[0])
-        # dγ sums over every output position, padded ones included
-        torch.testing.assert_close(dwa - (dy * ((ya - a.bias) / a.weight).detach())[~mask].sum(0),
-                                   dwc)
-        for name in ("running_phi", "ema_gz", "iters"):
-            torch.testing.assert_close(getattr(a, name), getattr(b, name))
-            torch.testing.assert_close(getattr(a, name), getattr(c, name))
+    mask = edge_mask(shape[:-1])
+    steps = assert_padding_excluded(
+        lambda: _module(warmup_iters=2), _batches(4, shape, seed=3), mask, garbage=100.0
+    )
+    params = _module(warmup_iters=2)  # the same γ, β as the trained copies (no optimizer step)
+    gamma, beta = params.weight.detach(), params.bias.detach()
+    for _, dy, (y, _, dw, _), (_, _, dw_real, _) in steps:
+        # dγ sums dy·z over every output position, padded ones included
+        z = (y - beta) / gamma
+        torch.testing.assert_close(dw - (dy * z)[~mask].sum(0), dw_real)
 
 
 def test_eval_uses_running_phi_and_is_per_token():
     norm = _module(8, warmup_iters=2, group_num=2)
     for x, dy in _batches(3, (4, 8)):
-        _module_step(norm, x, None, dy)
+        train_step(norm, x, None, dy)
     norm.eval()
     x = torch.randn(3, 6, 8, dtype=DT)
     ref = ReferencePowerNorm(8, warmup=2, groups=2)
@@ -196,20 +173,15 @@ def test_eval_uses_running_phi_and_is_per_token():
 
 def test_state_dict_round_trip_mid_training():
     shape = (2, 4, 8)
-    mask = _mask(shape[:-1])
-    batches = list(_batches(6, shape, seed=5))
+    mask = edge_mask(shape[:-1])
+    data = list(_batches(6, shape, seed=5))
     a = _module(warmup_iters=3, group_num=2)
-    for x, dy in batches[:3]:
-        _module_step(a, x, mask, dy)
-    b = make_norm("powernorm", 8, warmup_iters=3, group_num=2).to(DT)
+    for x, dy in data[:3]:
+        train_step(a, x, mask, dy)
+    b = make_norm("powernorm", 8, warmup_iters=3, group_num=2, dtype=DT)
     b.load_state_dict(a.state_dict())
     assert set(a.state_dict()) >= {"running_phi", "ema_gz", "iters", "weight", "bias"}
-    for x, dy in batches[3:]:
-        stepped = zip(_module_step(b, x, mask, dy), _module_step(a, x, mask, dy), strict=True)
-        for got, want in stepped:
-            assert torch.equal(got, want)
-    for key, value in a.state_dict().items():
-        assert torch.equal(value, b.state_dict()[key]), key
+    assert_same_continuation(a, b, data[3:], mask)
 
 
 def test_half_precision_keeps_dtype_and_fp32_statistics():

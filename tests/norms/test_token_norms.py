@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.norms.helpers import F64, perturbed
 
 from normlab import make_norm
-
-F64 = torch.float64
 
 
 # Independent references, written from the formulas with numpy-style loops over tokens.
@@ -34,15 +34,6 @@ def ref_rms(x, w, eps, k=None, outside=False):
         denom = math.sqrt(ms) + eps if outside else math.sqrt(ms + eps)
         out[idx] = v / denom * w
     return out
-
-
-def perturbed(name, dim, **kw):
-    torch.manual_seed(0)
-    norm = make_norm(name, dim, dtype=F64, **kw)
-    with torch.no_grad():
-        for p in norm.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return norm
 
 
 def test_layernorm_matches_reference_and_torch():
@@ -116,8 +107,26 @@ def test_scalenorm_formula_and_init():
 
 def test_identity_is_identity():
     x = torch.randn(2, 3, 5)
-    assert torch.equal(make_norm("identity", 5)(x), x)
-    assert list(make_norm("identity", 5).parameters()) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default fits any norm slot silently
+        norm = make_norm("identity", 5, eps=1e-5, affine=False)
+    assert torch.equal(norm(x), x)
+    assert list(norm.parameters()) == [] and list(norm.buffers()) == []
+
+
+def test_identity_warns_that_affine_is_ignored():
+    with pytest.warns(UserWarning, match="identity: affine=True is ignored"):
+        norm = make_norm("identity", 5, affine=True)
+    assert norm.affine is False and list(norm.parameters()) == []
+
+
+def test_identity_eval_affine_device_and_dtype():
+    scale, shift = make_norm("identity", 4).eval_affine()
+    assert torch.equal(scale, torch.ones(4)) and torch.equal(shift, torch.zeros(4))
+    assert scale.dtype == torch.get_default_dtype() and scale.device.type == "cpu"
+    scale, shift = make_norm("identity", 4).eval_affine(device="cpu", dtype=F64)
+    assert scale.dtype == shift.dtype == F64
+    assert torch.equal(scale, torch.ones(4, dtype=F64))
 
 
 vectors = st.lists(st.floats(-50, 50, allow_nan=False, width=64), min_size=4, max_size=24)

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.norms.helpers import (
+    affine_norm,
+    assert_padding_excluded,
+    assert_same_continuation,
+    batches,
+    edge_mask,
+    train_step,
+)
 
 from normlab.norms import make_norm
 from normlab.norms.unified import UnifiedNorm
@@ -14,7 +22,8 @@ M = 0.9
 
 
 class ReferenceUN:
-    """UN1d written from the method spec with plain tensors; `events` records the branches."""
+    """UN1d written from the paper (Yang et al., ACM MM 2022) and its official UN1d code with plain
+    tensors; `events` records the branches."""
 
     def __init__(self, dim, *, wf, wb, warmup, outlier, comp=1000):
         self.rv = torch.ones(dim, dtype=DT)
@@ -79,39 +88,12 @@ class ReferenceUN:
 
 
 def _module(dim=6, **kw) -> UnifiedNorm:
-    torch.manual_seed(0)
-    norm = make_norm("unifiednorm", dim, **kw).to(DT)
-    with torch.no_grad():
-        norm.weight.copy_(1 + 0.5 * torch.randn(dim, dtype=DT))
-        norm.bias.copy_(0.3 * torch.randn(dim, dtype=DT))
-    return norm
+    return affine_norm("unifiednorm", dim, **kw)
 
 
-def _mask(shape):
-    mask = torch.ones(shape, dtype=torch.bool)
-    mask[0, -2:] = False
-    mask[-1, 0] = False
-    return mask
-
-
-def _module_step(norm, x, mask, dy):
-    norm.zero_grad()
-    x = x.clone().requires_grad_(True)
-    y = norm(x, mask)
-    y.backward(dy)
-    return y.detach(), x.grad, norm.weight.grad, norm.bias.grad
-
-
-def _batches(scales, shape, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    for scale in scales:
-        yield (scale * (torch.randn(shape, generator=gen, dtype=DT) + 0.1),
-               torch.randn(shape, generator=gen, dtype=DT))
-
-
-def _compare(norm, ref, batches, mask):
-    for step, (x, dy) in enumerate(batches, start=1):
-        got = _module_step(norm, x, mask, dy)
+def _compare(norm, ref, data, mask):
+    for step, (x, dy) in enumerate(data, start=1):
+        got = train_step(norm, x, mask, dy)
         want = ref.step(x, mask, dy, norm.weight.detach(), norm.bias.detach())
         for name, g, w in zip(("y", "dx", "dweight", "dbias"), got, want, strict=True):
             torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-11, msg=f"{name} at step {step}")
@@ -133,7 +115,8 @@ def test_matches_reference_windows_warmup_and_clamp(use_mask, window):
     shape, dim = (3, 5, 6), 6
     norm = _module(dim, window_size=window, warmup_iters=2, compensation_start=4)
     ref = ReferenceUN(dim, wf=wf, wb=wb, warmup=2, outlier=False, comp=4)
-    _compare(norm, ref, _batches(_SCALES, shape), _mask(shape[:-1]) if use_mask else None)
+    mask = edge_mask(shape[:-1]) if use_mask else None
+    _compare(norm, ref, batches(_SCALES, shape), mask)
     assert {"smooth", "r", "clamp", "gz-window"} <= set(ref.events)
 
 
@@ -143,7 +126,7 @@ def test_matches_reference_with_outlier_skip():
                    compensation_start=5)
     ref = ReferenceUN(dim, wf=3, wb=3, warmup=5, outlier=True, comp=5)
     scales = [1, 1, 1, 1, 1, 1, 1, 10, 1, 1, 1, 1, 1]
-    _compare(norm, ref, _batches(scales, shape, seed=2), _mask(shape[:-1]))
+    _compare(norm, ref, batches(scales, shape, seed=2), edge_mask(shape[:-1]))
     assert "skip" in ref.events and "smooth" in ref.events and "r" in ref.events
     assert int(norm.skip_counter) >= 1
 
@@ -167,21 +150,21 @@ def test_outlier_threshold_uses_unbiased_window_variance(root, skipped):
 def test_window_size_one_always_skips_smoothing():
     norm = _module(4, window_size=1, warmup_iters=0, compensation_start=0)
     ref = ReferenceUN(4, wf=1, wb=1, warmup=0, outlier=False, comp=0)
-    _compare(norm, ref, _batches([1, 2, 3, 1], (5, 4)), None)
+    _compare(norm, ref, batches([1, 2, 3, 1], (5, 4)), None)
     assert "smooth" not in ref.events and "r" not in ref.events
 
 
 def test_default_compensation_start_is_1000():
     norm = _module(4, window_size=2, warmup_iters=1)
     ref = ReferenceUN(4, wf=2, wb=2, warmup=1, outlier=False)
-    batches = list(_batches([1, 2, 1, 3, 1, 2], (6, 4)))
-    _compare(norm, ref, batches[:3], None)
+    data = list(batches([1, 2, 1, 3, 1, 2], (6, 4)))
+    _compare(norm, ref, data[:3], None)
     norm.iters.fill_(998)
     ref.t = 998
     ref.events.clear()
-    _compare(norm, ref, batches[3:5], None)  # t = 999, 1000: r = 1
+    _compare(norm, ref, data[3:5], None)  # t = 999, 1000: r = 1
     assert "r" not in ref.events
-    _compare(norm, ref, batches[5:], None)  # t = 1001: r compensates
+    _compare(norm, ref, data[5:], None)  # t = 1001: r compensates
     assert "r" in ref.events
 
 
@@ -190,7 +173,7 @@ def test_all_zero_channel_stays_finite():
     for k in range(6):
         x = torch.randn(3, 5, 4, dtype=DT) * (1 + k)
         x[..., 2] = 0.0
-        y, dx, dw, db = _module_step(norm, x, None, torch.randn_like(x))
+        y, dx, dw, db = train_step(norm, x, None, torch.randn_like(x))
         for tensor in (y, dx, dw, db, norm.running_var, norm.ema_gz):
             assert torch.isfinite(tensor).all()
         torch.testing.assert_close(y[..., 2], norm.bias[2].detach().expand(3, 5))
@@ -200,28 +183,19 @@ def test_all_zero_channel_stays_finite():
 
 def test_padding_is_excluded():
     shape = (3, 5, 6)
-    mask = _mask(shape[:-1])
+    mask = edge_mask(shape[:-1])
     kw = {"window_size": 2, "warmup_iters": 2, "compensation_start": 2}
-    a, b, c = _module(**kw), _module(**kw), _module(**kw)
-    for x, dy in _batches([1, 2, 1, 3, 1], shape, seed=4):
-        noisy = torch.where(mask.unsqueeze(-1), x, 50 * torch.randn_like(x))
-        ya, dxa, _, dba = _module_step(a, x, mask, dy)
-        yb, dxb, _, _ = _module_step(b, noisy, mask, dy)
-        yc, dxc, _, dbc = _module_step(c, x[mask].unsqueeze(0), None, dy[mask].unsqueeze(0))
-        torch.testing.assert_close(ya[mask], yb[mask])
-        torch.testing.assert_close(dxa[mask], dxb[mask])
-        torch.testing.assert_close(ya[mask], yc[0])
-        torch.testing.assert_close(dxa[mask], dxc[0])
-        torch.testing.assert_close(dba - dy[~mask].sum(0), dbc)
-        for name in ("running_var", "ema_gz", "buffer_x2", "buffer_gz", "iters"):
-            torch.testing.assert_close(getattr(a, name), getattr(b, name))
-            torch.testing.assert_close(getattr(a, name), getattr(c, name))
+    steps = assert_padding_excluded(
+        lambda: _module(**kw), batches([1, 2, 1, 3, 1], shape, seed=4), mask, garbage=50.0
+    )
+    for _, dy, (*_, db), (*_, db_real) in steps:  # dβ sums dy over padded positions too
+        torch.testing.assert_close(db - dy[~mask].sum(0), db_real)
 
 
 def test_eval_is_the_running_affine():
     norm = _module(6, window_size=2, warmup_iters=1)
-    for x, dy in _batches([1, 3, 2], (4, 6)):
-        _module_step(norm, x, None, dy)
+    for x, dy in batches([1, 3, 2], (4, 6)):
+        train_step(norm, x, None, dy)
     norm.eval()
     x = torch.randn(2, 3, 6, dtype=DT)
     y = norm(x)
@@ -241,21 +215,16 @@ def test_eval_is_the_running_affine():
 
 def test_state_dict_round_trip_mid_training():
     shape = (2, 4, 6)
-    mask = _mask(shape[:-1])
+    mask = edge_mask(shape[:-1])
     kw = {"window_size": (3, 2), "warmup_iters": 2, "outlier_filtration": True,
           "compensation_start": 2}
-    batches = list(_batches([1, 1, 2, 1, 1, 1, 8, 1], shape, seed=6))
+    data = list(batches([1, 1, 2, 1, 1, 1, 8, 1], shape, seed=6))
     a = _module(**kw)
-    for x, dy in batches[:4]:
-        _module_step(a, x, mask, dy)
-    b = make_norm("unifiednorm", 6, **kw).to(DT)
+    for x, dy in data[:4]:
+        train_step(a, x, mask, dy)
+    b = make_norm("unifiednorm", 6, **kw, dtype=DT)
     b.load_state_dict(a.state_dict())
-    for x, dy in batches[4:]:
-        stepped = zip(_module_step(b, x, mask, dy), _module_step(a, x, mask, dy), strict=True)
-        for got, want in stepped:
-            assert torch.equal(got, want)
-    for key, value in a.state_dict().items():
-        assert torch.equal(value, b.state_dict()[key]), key
+    assert_same_continuation(a, b, data[4:], mask)
 
 
 def test_defaults_and_info():

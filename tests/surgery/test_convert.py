@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -107,6 +108,15 @@ def test_bert_post_ln_is_refused():
 def test_unknown_model_is_refused_with_the_supported_list():
     with pytest.raises(ValueError, match=r"no surgery adapter.*'gpt2'.*'llama'.*'bert'.*'vit'"):
         to_rmsnorm(nn.Sequential(nn.LayerNorm(4), nn.Linear(4, 4)))
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama", "bert", "vit"])
+def test_an_unsupported_class_of_a_known_architecture_is_refused(model_type):
+    model = type("SomethingForElse", (nn.Module,), {})()
+    model.config = SimpleNamespace(model_type=model_type)
+    with pytest.raises(ValueError, match=f"{model_type} adapter: unsupported model class "
+                       f"SomethingForElse; supported: "):
+        to_rmsnorm(model)
 
 
 def test_a_model_whose_norm_was_swapped_is_refused():

@@ -1,4 +1,5 @@
-"""The weight edits, checked against the formulas they implement (methods.md §4)."""
+"""The weight edits, checked against the formulas they implement: fold γ/β, recentre, compress
+(Jiang, Gu, Zhu, Pan, "Pre-RMSNorm and Pre-CRMSNorm Transformers", NeurIPS 2023)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,27 @@ def test_fold_into_reader_moves_the_affine(kind, bias):
     torch.testing.assert_close(root.m(n), expected)
     assert "γ" in detail and "β" in detail
     assert (root.m.bias is not None) and (root.m.bias.dtype == torch.float64)
+
+
+def test_fold_into_reader_moves_the_vectors_to_the_weight_s_device():
+    # eval_affine() of a norm without tensors (identity) is on the CPU whatever the model's
+    # device; the meta device stands in for an accelerator here
+    root = nn.Module()
+    root.m = nn.Linear(D, 5, device="meta")
+    fold_into_reader(root, Port("m", "linear"), torch.full((D,), 2.0), torch.ones(D))
+    assert root.m.weight.device.type == "meta" and root.m.bias.device.type == "meta"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_fold_into_reader_keeps_the_weight_dtype_and_rounds_once(dtype):
+    root = _holder("linear").to(dtype)
+    w, b = root.m.weight.double(), root.m.bias.double()
+    gamma, beta = torch.rand(D) + 0.5, torch.randn(D)  # float32, as eval_affine gives
+    fold_into_reader(root, Port("m", "linear"), gamma, beta)
+    assert root.m.weight.dtype == root.m.bias.dtype == dtype
+    # W·diag(γ) and b + Wβ computed in float64, rounded to the weight dtype once
+    torch.testing.assert_close(root.m.weight, (w * gamma.double()).to(dtype), rtol=0, atol=0)
+    torch.testing.assert_close(root.m.bias, (b + w @ beta.double()).to(dtype))
 
 
 def test_recentre_writer_gives_zero_mean_outputs():

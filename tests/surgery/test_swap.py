@@ -11,7 +11,7 @@ from surgery_models import bert, gpt2, llama, outputs, rel_err, token_ids
 from torch import nn
 from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
 
-from normlab.norms import Norm
+from normlab.norms import Norm, make_norm
 from normlab.norms.elementwise import DyT
 from normlab.norms.layer import LayerNorm
 from normlab.surgery import swap_norms
@@ -117,6 +117,21 @@ def test_gemma_offset_is_translated():
     assert report.exact and "1 + stored weight" in report.changes[0].detail
     torch.testing.assert_close(net(x), expected, rtol=1e-5, atol=1e-6)
     assert report.max_rel_error < TOL
+
+
+def test_scalenorm_gain_is_carried_as_a_per_channel_gamma():
+    # ScaleNorm g·x/‖x‖ = RMSNorm(x)·g/√D (up to eps): the swap carries γ = g/√D per channel
+    torch.manual_seed(0)
+    norm = make_norm("scalenorm", 16)
+    with torch.no_grad():
+        norm.gain.fill_(2.5)
+    net = _Net(norm)
+    x = torch.randn(4, 16)
+    expected = net.proj(2.5 * x / x.norm(dim=-1, keepdim=True))
+    net, report = swap_norms(net, "rmsnorm", probe=x, approximate=True, eps=1e-12)
+    assert not report.exact and "scalar gain expanded to 16 channels" in report.changes[0].detail
+    torch.testing.assert_close(net.norm.weight, torch.full((16,), 2.5 / 4))
+    torch.testing.assert_close(net(x), expected)
 
 
 def test_torch_rmsnorm_without_eps_gets_the_dtype_eps():

@@ -118,7 +118,9 @@ class TrainConfig:
     """The loop: how long, how often to evaluate and checkpoint, and when a run has diverged.
 
     A run diverges when the training loss is NaN/Inf or exceeds `spike_threshold` times the
-    running minimum of the training loss (0 disables the spike test).
+    running minimum of the training loss (0 disables the spike test). `diagnose_every` > 0
+    records the cheap diagnostics (bench/diagnostics.py) on the training batch every that many
+    steps and at the last step, into diagnostics.jsonl; 0 turns them off.
     """
 
     steps: int = 100
@@ -130,6 +132,7 @@ class TrainConfig:
     seed: int = 0
     spike_threshold: float = 4.0
     parallel: Literal["ddp", "fsdp"] = "ddp"
+    diagnose_every: int = 0
 
 
 @dataclass
@@ -261,6 +264,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ValueError("train.spike_threshold and optim.grad_clip must be >= 0 (0 disables)")
     if cfg.optim.agc is not None and cfg.optim.agc <= 0:
         raise ValueError(f"optim.agc must be positive or null, got {cfg.optim.agc}")
+    if cfg.train.diagnose_every < 0:
+        raise ValueError(f"train.diagnose_every must be >= 0 (0 turns the diagnostics off), "
+                         f"got {cfg.train.diagnose_every}")
     if cfg.train.keep_checkpoints < 1:
         raise ValueError("train.keep_checkpoints must be at least 1")
     if cfg.norm.name.lower() not in normlab.list_norms():

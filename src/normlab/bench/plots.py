@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 if TYPE_CHECKING:
     from normlab.bench.report import Arm
@@ -77,6 +78,42 @@ def _relative(table: dict[str, Any], path: Path) -> Path:
         ax.barh(labels, [r[key] or 0.0 for r in rows][::-1], color="tab:green", alpha=0.8)
         ax.axvline(1.0, color="black", linewidth=0.8)
         ax.set(xlabel=f"{name} relative to {table['baseline'] or 'baseline (absent)'}")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def normalization(table: dict[str, Any], path: Path) -> Path | None:
+    """Residual-stream variance and block gradient norm against depth, one line per arm, from
+    `table["normalization"]` (report.py); the baseline arm in bold black. None without data."""
+    rows = table.get("normalization") or []
+    if not rows:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = plt.get_cmap("tab20")
+    for i, row in enumerate(rows):
+        style = {"color": "black", "linewidth": 2.6, "zorder": 3} if row["baseline"] else \
+            {"color": colors(i % 20), "linewidth": 1.2, "alpha": 0.85}
+        label = row["arm"] + (" (baseline)" if row["baseline"] else "") + \
+            (" (diverged)" if row["diverged"] else "")
+        for ax, key, first in ((left, "variance", 0), (right, "grad_norm", 1)):
+            points = [(x, y) for x, y in enumerate(row[key], first) if y is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label,
+                        linestyle="--" if row["diverged"] else "-", **style)
+    left.set(xlabel="block ℓ (0: input of block 1)", ylabel="variance",
+             title="Residual-stream variance vs depth")
+    right.set(xlabel="block ℓ", ylabel="‖∂L/∂θ_ℓ‖", title="Block parameter gradient norm vs depth")
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if any(y > 0 for line in ax.get_lines() for y in line.get_ydata()):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle("What normalization did (last diagnostics recording, mean over seeds)")
+    fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

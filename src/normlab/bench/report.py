@@ -5,7 +5,10 @@
 Writes report.md (a table sorted best first), report.json (the same numbers) and plots/*.png:
 training and validation loss curves per arm, final validation loss mean ± standard deviation
 over seeds, and tokens/s and peak memory relative to the pre-LN layernorm baseline. Runs are
-grouped into arms by their config without `train.seed`; diverged and failed runs are flagged.
+grouped into arms by their config without `train.seed` (and `train.diagnose_every`, which
+changes no number of the run); diverged and failed runs are flagged. Runs that recorded
+diagnostics.jsonl add a "What normalization did" section: residual-stream variance and
+block gradient norms against depth at each arm's last recording.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from normlab.bench.diagnostics import FILE as DIAGNOSTICS
 from normlab.bench.metrics import read_metrics, summarize, write_atomic
 
 BASELINE = ("pre", "layernorm")
@@ -32,6 +36,7 @@ class Run:
     status: str
     summary: dict[str, Any]
     error: str | None = None
+    diagnostics: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -57,7 +62,8 @@ def read_run(path: Path) -> Run:
         status = "diverged"
     else:
         status = saved.get("status", "incomplete")
-    return Run(path, config, records, status, summary, saved.get("error"))
+    return Run(path, config, records, status, summary, saved.get("error"),
+               read_metrics(path / DIAGNOSTICS))
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
@@ -91,7 +97,7 @@ def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def group_arms(runs: list[Run]) -> list[Arm]:
     """Runs grouped by config minus the seed; labelled placement/norm plus what else differs."""
     flats = [_flat(r.config) for r in runs]
-    ignored = {"train.seed", "data.cache_dir"}
+    ignored = {"train.seed", "data.cache_dir", "train.diagnose_every"}
     differing = sorted(k for k in set().union(*flats) - ignored
                        if len({json.dumps(f.get(k)) for f in flats}) > 1
                        and k not in ("placement.name", "norm.name"))
@@ -142,6 +148,39 @@ def arm_row(arm: Arm, baseline: Arm | None) -> dict[str, Any]:
     return row
 
 
+def last_profile(run: Run) -> tuple[int, list[float | None], list[float | None]] | None:
+    """(step, residual-stream variance at ℓ = 0..L, block gradient norm at ℓ = 1..L) of the
+    run's last diagnostics recording; ℓ = 0 is the input of block 1. None without one."""
+    if not run.diagnostics:
+        return None
+    last = run.diagnostics[-1]
+    blocks = last["blocks"]
+    variance = [(b["input"] or {}).get("variance") for b in blocks[:1]]
+    variance += [(b["output"] or {}).get("variance") for b in blocks]
+    return last["step"], variance, [b["grad"]["params"] for b in blocks]
+
+
+def _column_means(rows: list[list[float | None]]) -> list[float | None]:
+    """Per position, the mean of the rows' non-null values (None where all are null)."""
+    width = max(map(len, rows), default=0)
+    return [_mean([r[i] for r in rows if i < len(r) and r[i] is not None]) for i in range(width)]
+
+
+def normalization_row(arm: Arm, baseline: Arm | None) -> dict[str, Any] | None:
+    """The depth profiles of an arm's last recordings, averaged over its runs' seeds."""
+    profiles = [p for p in map(last_profile, arm.runs) if p is not None]
+    if not profiles:
+        return None
+    return {
+        "arm": arm.label,
+        "baseline": arm is baseline,
+        "steps": [step for step, _, _ in profiles],
+        "diverged": any(r.status == "diverged" for r in arm.runs),
+        "variance": _column_means([variance for _, variance, _ in profiles]),
+        "grad_norm": _column_means([grads for _, _, grads in profiles]),
+    }
+
+
 def build_table(runs: list[Run]) -> dict[str, Any]:
     arms = group_arms(runs)
     candidates = [a for a in arms if a.label.split(" ")[0] == "/".join(BASELINE)]
@@ -149,7 +188,10 @@ def build_table(runs: list[Run]) -> dict[str, Any]:
     baseline = next((a for a in candidates if a.completed), candidates[0] if candidates else None)
     rows = [arm_row(a, baseline) for a in arms]
     rows.sort(key=lambda r: (r["val_loss_mean"] is None, r["val_loss_mean"] or math.inf))
-    return {"baseline": baseline.label if baseline else None, "arms": rows}
+    order = {r["arm"]: i for i, r in enumerate(rows)}
+    profiles = [p for p in (normalization_row(a, baseline) for a in arms) if p is not None]
+    return {"baseline": baseline.label if baseline else None, "arms": rows,
+            "normalization": sorted(profiles, key=lambda p: order[p["arm"]])}
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:
@@ -167,7 +209,44 @@ def _status(row: dict[str, Any]) -> str:
     return "; ".join(notes) or "ok"
 
 
-def markdown(table: dict[str, Any], plots: list[str]) -> str:
+def _ratio(top: float | None, bottom: float | None) -> float | None:
+    return top / bottom if top is not None and bottom else None
+
+
+def normalization_section(table: dict[str, Any], plot: str | None) -> list[str]:
+    """The "What normalization did" lines of report.md, from `table["normalization"]`."""
+    rows = table.get("normalization") or []
+    lines = ["## What normalization did", ""]
+    if not rows:
+        return [*lines, "No run recorded diagnostics; set `train.diagnose_every` (e.g. "
+                "`--set train.diagnose_every=40`) to see them here.", ""]
+    lines += ["Residual-stream variance and the gradient norm ‖∂L/∂θ‖ of each block's "
+              "parameters against depth, at each arm's last diagnostics recording "
+              "(diagnostics.jsonl; mean over seeds); the table gives block 1 and the last block "
+              "L, the plot every block (ℓ = 0 is the input of block 1, the embeddings). Under "
+              "Pre-LN nothing normalizes the stream itself, so its variance grows with depth; a "
+              "norm on the residual path (Post-LN) keeps it flat.", ""]
+    header = ["arm", "step", "variance after block 1", "after block L", "× (L / 1)",
+              "‖∂L/∂θ‖ block 1", "‖∂L/∂θ‖ block L", "× (L / 1)"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        variance, grads = r["variance"][1:] or [None], r["grad_norm"] or [None]
+        first, last, g_first, g_last = variance[0], variance[-1], grads[0], grads[-1]
+        name = f"**`{r['arm']}`** (baseline)" if r["baseline"] else f"`{r['arm']}`"
+        name += " (diverged)" if r["diverged"] else ""
+        steps = ", ".join(str(s) for s in sorted(set(r["steps"])))
+        lines.append("| " + " | ".join([
+            name, steps, _fmt(first, ".4g"), _fmt(last, ".4g"), _fmt(_ratio(last, first), ".2f"),
+            _fmt(g_first, ".3g"), _fmt(g_last, ".3g"), _fmt(_ratio(g_last, g_first), ".2f"),
+        ]) + " |")
+    lines.append("")
+    if plot:
+        lines += [f"![{Path(plot).stem}]({plot})", ""]
+    return lines
+
+
+def markdown(table: dict[str, Any], plots: list[str], normalization_plot: str | None = None,
+             ) -> str:
     rows = table["arms"]
     lines = ["# normlab bench report", ""]
     best = rows[0] if rows and rows[0]["val_loss_mean"] is not None else None
@@ -198,7 +277,8 @@ def markdown(table: dict[str, Any], plots: list[str]) -> str:
               "sample standard deviation over seeds. Peak memory is CUDA max_memory_allocated, or "
               "the process RSS on CPU (which includes the Python and torch baseline).", ""]
     lines += [f"![{Path(p).stem}]({p})" for p in plots]
-    return "\n".join(lines) + "\n"
+    lines += ["", *normalization_section(table, normalization_plot)]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def write_report(paths: list[Path], out: Path) -> dict[str, Any]:
@@ -210,7 +290,9 @@ def write_report(paths: list[Path], out: Path) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     drawn = plots.draw_all(group_arms(runs), table, out / "plots")
+    profile = plots.normalization(table, out / "plots" / "normalization.png")
     write_atomic(out / "report.json", json.dumps(table, indent=2) + "\n")
-    write_atomic(out / "report.md", markdown(table, [p.relative_to(out).as_posix()
-                                                     for p in drawn]))
+    write_atomic(out / "report.md", markdown(
+        table, [p.relative_to(out).as_posix() for p in drawn],
+        profile.relative_to(out).as_posix() if profile else None))
     return table

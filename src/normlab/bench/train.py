@@ -11,7 +11,9 @@ metrics.jsonl holds one JSON object per line: `{"kind": "train", "step", "loss",
 "grad_norm", "tokens_per_s", "mem_bytes", "time_s"}` every `train.log_every` steps and
 `{"kind": "eval", "step", "val_loss"[, "val_acc"]}` every `train.eval_every` steps and at the end.
 `step` counts optimizer steps done. A run stops early, marked diverged, when the training loss
-is NaN/Inf or exceeds `train.spike_threshold` times its running minimum.
+is NaN/Inf or exceeds `train.spike_threshold` times its running minimum. With
+`train.diagnose_every` > 0, rank 0 also appends the cheap diagnostics of the training step to
+diagnostics.jsonl every that many steps and at the last one (bench/diagnostics.py).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from normlab.bench import checkpoint
 from normlab.bench import distributed as D
 from normlab.bench.config import RunConfig
 from normlab.bench.data import DigitsData, load_data
+from normlab.bench.diagnostics import FILE, TrainingDiagnostics
 from normlab.bench.metrics import read_metrics, summarize, write_atomic, write_metrics
 from normlab.bench.optim import adaptive_clip_, classifier_parameters, learning_rate, make_adamw
 
@@ -191,6 +194,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False,
     wrapped = _wrap(model, cfg, d, device)
     optimizer = make_adamw(model, cfg.optim)  # after fully_shard, which swaps in DTensor params
     head = classifier_parameters(model) if cfg.optim.agc is not None else set()
+    probe = TrainingDiagnostics(model, cfg.train, run_dir / FILE, write=d.is_main)
     agc_params = [p for p in model.parameters() if id(p) not in head]
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
@@ -224,6 +228,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False,
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(cfg.to_json() + "\n")
         write_metrics(metrics_path, records)
+        probe.reset(start)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -255,14 +260,16 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False,
     t_run = time.perf_counter()
     for step in range(start, cfg.train.steps):
         t0 = time.perf_counter()
+        done = step + 1
         lr = learning_rate(step, cfg.train.steps, cfg.optim.lr, cfg.schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
         inputs, targets = data.train_batch(generator)
         inputs, targets = inputs.to(device), targets.to(device)
-        with autocast():
-            _, loss = wrapped(inputs, targets)
-        (scaler.scale(loss) if scaler is not None else loss).backward()
+        with probe.watch(done):
+            with autocast():
+                _, loss = wrapped(inputs, targets)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
         (loss_value,) = D.all_sum([loss.detach().float().item() / d.world], d)
         if not math.isfinite(loss_value) or (
                 cfg.train.spike_threshold and loss_value > cfg.train.spike_threshold * running_min):
@@ -273,6 +280,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False,
         running_min = min(running_min, loss_value)
         if scaler is not None:
             scaler.unscale_(optimizer)
+        probe.record(done, scaler.get_scale() if scaler is not None else 1.0)
         if cfg.optim.agc is not None:
             adaptive_clip_(agc_params, cfg.optim.agc, cfg.optim.agc_eps)
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
@@ -287,7 +295,6 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False,
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - t0
-        done = step + 1
         record = {"kind": "train", "step": done, "loss": loss_value, "lr": lr,
                   "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_step / elapsed,
                   "mem_bytes": _memory(device), "time_s": time.perf_counter() - t_run}

@@ -41,6 +41,10 @@ class GPTConfig:
         tie_embeddings: the LM head shares the token embedding matrix.
         dyt_alpha_init: (attn, ffn, final) α₀ of DyT by position, the LLaMA recipe of
             "Transformers without Normalization" (e.g. (0.8, 0.2, 0.2) at 7B); norm="dyt" only.
+        embed_gain_init: if set, a learnable scalar multiplies the token embeddings, starting
+            at this value: DyT's LLaMA recipe uses √D, because an elementwise norm cannot
+            rescale an N(0, 0.02) stream into tanh's active range. At small widths √D·0.02 is
+            still far below 1 (D = 64: 0.16), so larger values may be needed there.
     """
 
     vocab_size: int = 256
@@ -57,12 +61,17 @@ class GPTConfig:
     bias: bool = True
     tie_embeddings: bool = True
     dyt_alpha_init: tuple[float, float, float] | None = None
+    embed_gain_init: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive int, got {value!r}")
+        if self.embed_gain_init is not None and not self.embed_gain_init > 0:
+            raise ValueError(
+                f"GPTConfig.embed_gain_init must be > 0 or None, got {self.embed_gain_init!r}"
+            )
         self.dyt_alpha_init = check_config(
             "GPTConfig", norm=self.norm, placement=self.placement,
             placement_kwargs=self.placement_kwargs, depth=self.depth, dim=self.dim,
@@ -98,6 +107,8 @@ class GPT(nn.Module):
         if c.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         self.embed_scale = math.sqrt(c.dim) if self.layout.scale_embeddings else 1.0
+        gain = c.embed_gain_init
+        self.embed_gain = None if gain is None else nn.Parameter(torch.tensor(float(gain)))
         self.init_weights()
 
     def forward(
@@ -111,7 +122,10 @@ class GPT(nn.Module):
         """
         self._check_inputs(idx, targets, mask)
         pos = torch.arange(idx.shape[1], device=idx.device)
-        x = self.wte(idx) * self.embed_scale + self.wpe(pos)  # (B, T, D)
+        tokens = self.wte(idx) * self.embed_scale  # (B, T, D)
+        if self.embed_gain is not None:
+            tokens = tokens * self.embed_gain
+        x = tokens + self.wpe(pos)
         x = self.drop(apply_norm(self.embed_norm, x, mask))
         for block in self.blocks:
             x = block(x, mask)
@@ -142,9 +156,12 @@ class GPT(nn.Module):
           out_proj, fc1, fc2 and the token embedding (drawn from N(0, D^{-1/2}) and scaled by √D
           in forward) × (9L)^{-1/4}; a tied LM head is scaled with it. No norm anywhere.
         * norms keep their constructor init (γ = 1, β = 0; DyT's α₀ by position when
-          `dyt_alpha_init` is set). An untied LM head gets the base Linear init.
+          `dyt_alpha_init` is set). An untied LM head gets the base Linear init; the learnable
+          embedding gain, if any, starts at `embed_gain_init`.
         """
         spec = self.layout.init
+        if self.embed_gain is not None:
+            self.embed_gain.fill_(self.config.embed_gain_init)
         init_embedding(self.wte.weight, spec, spec.embed_gain)
         init_embedding(self.wpe.weight, spec)
         for block in self.blocks:

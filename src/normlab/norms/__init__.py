@@ -5,12 +5,14 @@ Importing this package registers every built-in norm; `list_norms()` names them.
 
 from normlab.norms import (  # noqa: F401  (imported to register the norms)
     batch,
+    bcn,
     elementwise,
     group,
     identity,
     layer,
     online,
     powernorm,
+    prepbn,
     rms,
     unified,
 )

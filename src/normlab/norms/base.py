@@ -11,11 +11,14 @@ the wrong shape fails with a message that names the problem, whatever the method
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
+
+from normlab.norms.functional import compute_dtype
 
 Stats = Literal["token", "batch", "none"]
 Fold = Literal["op", "affine", "none"]
@@ -61,10 +64,17 @@ class Norm(nn.Module):
     Subclasses set `info` and implement `_normalize(x, mask)`, where `x` has already been checked
     and `mask` is either None or a bool tensor of shape `x.shape[:-1]`. Token-wise and
     elementwise norms ignore `mask`; batch-statistics norms must not count padded tokens.
+
+    Running statistics (`register_stats`) are kept in the statistics dtype whatever the module
+    dtype: float32 for a float16/bfloat16 module, else the module's float dtype. `.half()`,
+    `.to(torch.bfloat16)` and the like convert the parameters and leave those buffers in
+    float32, values untouched; `.double()` makes them float64. An exponential moving average
+    stored in float16 would round each update away (and overflow past 65504).
     """
 
     info: ClassVar[NormInfo]
     name: ClassVar[str] = ""  # set by `register_norm`
+    _stat_names: tuple[str, ...] = ()  # buffers registered by `register_stats`
 
     def __init__(self, dim: int, *, eps: float, affine: bool = True) -> None:
         super().__init__()
@@ -83,15 +93,63 @@ class Norm(nn.Module):
     def _normalize(self, x: Tensor, mask: Tensor | None) -> Tensor:
         raise NotImplementedError
 
-    def eval_affine(self) -> tuple[Tensor, Tensor]:
+    def eval_affine(
+        self, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> tuple[Tensor, Tensor]:
         """The per-channel `(scale, shift)` this norm equals in eval mode: y = scale*x + shift.
 
         Defined only for norms whose `info.fold == "op"`; surgery folds it into a Linear.
+        Both are detached (C,) tensors on the module's device, in its statistics dtype (float32
+        for a half module), or on `device`/in `dtype` when given. A norm without parameters or
+        buffers (identity) has no device of its own: it gives CPU tensors in the default dtype
+        unless `device`/`dtype` say otherwise.
         """
-        raise TypeError(
-            f"{type(self).__name__} ({self.name!r}) is not an affine map at inference "
-            f"(info.fold={self.info.fold!r}); only norms with fold='op' have eval_affine()"
-        )
+        if not self.info.foldable:
+            raise TypeError(
+                f"{type(self).__name__} ({self.name!r}) is not an affine map at inference "
+                f"(info.fold={self.info.fold!r}); only norms with fold='op' have eval_affine()"
+            )
+        with torch.no_grad():
+            scale, shift = self._eval_affine()
+        return scale.to(device=device, dtype=dtype), shift.to(device=device, dtype=dtype)
+
+    def _eval_affine(self) -> tuple[Tensor, Tensor]:
+        """`eval_affine` of a fold == "op" norm, before detaching and moving."""
+        raise NotImplementedError
+
+    def register_stats(self, name: str, tensor: Tensor) -> None:
+        """Register `tensor` as the running-statistics buffer `name`, in the statistics dtype.
+
+        A float16/bfloat16 tensor is stored as float32 (see the class docstring); the buffer
+        keeps that dtype when the module is converted.
+        """
+        self.register_buffer(name, tensor.to(compute_dtype(tensor.dtype)))
+        self._stat_names = (*self._stat_names, name)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Norm:
+        # `fn` (a dtype or device conversion) reaches every buffer; statistics converted to a
+        # half dtype are restored from their previous values in the statistics dtype.
+        before = {name: self._buffers[name] for name in self._stat_names}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = self._buffers[name]
+            want = compute_dtype(new.dtype)
+            if new.dtype != want:
+                self._buffers[name] = old.to(device=new.device, dtype=want)
+        return self
+
+    def unit_interval(self, label: str, value: float, meaning: str = "") -> float:
+        """`value` as a float after checking 0 <= value <= 1 (ValueError naming `label`).
+
+        For momenta and EMA factors; `meaning`, if given, explains the setting in the error.
+        """
+        if not 0.0 <= value <= 1.0:
+            why = f" ({meaning})" if meaning else ""
+            raise ValueError(
+                f"{self.name or type(self).__name__}: {label} must be in [0, 1]{why}, "
+                f"got {value!r}"
+            )
+        return float(value)
 
     def _check_input(self, x: Tensor, mask: Tensor | None) -> None:
         cls = type(self).__name__
@@ -134,3 +192,14 @@ def affine_params(
     else:
         norm.register_parameter("weight", None)
         norm.register_parameter("bias", None)
+
+
+def hold_state(ctx: Any, **state: Any) -> None:
+    """Keep running state on an autograd `ctx` by reference, for a backward that reads and
+    advances it in place.
+
+    `ctx.save_for_backward` would record the tensors' versions, so the second backward through
+    the same module (whose state the first one advanced) would fail autograd's in-place check.
+    """
+    for name, value in state.items():
+        setattr(ctx, name, value)

@@ -11,6 +11,8 @@ against them. Conventions:
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -130,10 +132,90 @@ def masked_mean_square(x: Tensor, mask: Tensor | None) -> tuple[Tensor, int]:
     return rows.square().mean(0), rows.shape[0]
 
 
+def affine_of_moments(
+    mean: Tensor | None, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    """(x − mean)/sqrt(var + eps)·weight + bias written as the per-channel map scale·x + shift.
+
+    scale = weight/sqrt(var + eps), shift = bias − mean·scale; `mean` None means no centring,
+    `weight`/`bias` None mean 1 and 0. Both (C,) in var's dtype: the eval form of every norm
+    whose inference is a frozen per-channel normalization (fold "op").
+    """
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight.to(scale.dtype)
+    shift = torch.zeros_like(scale) if mean is None else -mean.to(scale.dtype) * scale
+    if bias is not None:
+        shift = shift + bias.to(shift.dtype)
+    return scale, shift
+
+
 def largest_divisor_at_most(n: int, limit: int) -> int:
     """The largest divisor of `n` that is <= `limit` (used for group counts)."""
     for g in range(min(n, limit), 0, -1):
         if n % g == 0:
             return g
     raise AssertionError("1 divides every positive integer")
+
+
+def resolve_groups(owner: str, dim: int, groups: int | None, default: int = 32) -> int:
+    """The channel-group count a per-token group normalization of `dim` channels uses.
+
+    A token has no spatial axes, so a group of one channel has variance 0 and normalizes to a
+    constant (its bias alone). Hence:
+
+    * `groups=None`: the largest divisor of `dim` that is <= min(default, dim // 2), i.e. the
+      papers' 32 lowered silently until it divides `dim` and every group has two channels or
+      more (a `dim` of 1, or a prime, gets one group).
+    * an explicit int: used as given; one that does not divide `dim` is lowered to the largest
+      divisor <= it, with a warning; one that leaves a single channel per group warns too.
+
+    `owner` (the norm's name) prefixes the messages. ValueError if `groups` is not a positive int.
+    """
+    if groups is None:
+        return largest_divisor_at_most(dim, max(1, min(default, dim // 2)))
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"{owner}: groups must be a positive int, got {groups!r}")
+    used = largest_divisor_at_most(dim, groups)
+    if used != groups:
+        warnings.warn(
+            f"{owner}: groups={groups} does not divide dim={dim}; using {used} groups, the "
+            f"largest divisor of {dim} that is <= {groups}",
+            stacklevel=3,
+        )
+    if used == dim > 1:
+        warnings.warn(
+            f"{owner}: groups={used} leaves one channel per group of dim={dim}: each group of a "
+            f"token has variance 0 and normalizes to a constant; pass groups <= {dim // 2} "
+            f"(or leave groups unset)",
+            stacklevel=3,
+        )
+    return used
+
+
+def group_moments(x: Tensor, groups: int) -> tuple[Tensor, Tensor, Tensor]:
+    """`x` (..., C) viewed as (..., G, C/G) in its statistics dtype, with the mean and the biased
+    variance of every group of every token, both (..., G, 1). `groups` must divide C."""
+    channels = x.shape[-1]
+    if channels % groups:
+        raise ValueError(f"groups={groups} must divide the {channels} channels of x")
+    xg = upcast(x).unflatten(-1, (groups, channels // groups))
+    mean = xg.mean(-1, keepdim=True)
+    var = (xg - mean).square().mean(-1, keepdim=True)
+    return xg, mean, var
+
+
+def group_norm(
+    x: Tensor, groups: int, weight: Tensor | None = None, bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Per-token GroupNorm: y = (x − mean_g)/sqrt(var_g + eps)·weight + bias, mean_g and the
+    biased var_g over the C/G consecutive channels of the channel's group g in the same token.
+
+    `weight`/`bias` are per channel (C,); a per-group affine is passed repeated C/G times.
+    Equals `torch.nn.GroupNorm(G, C)` on the (N, C) rows.
+    """
+    xg, mean, var = group_moments(x, groups)
+    y = ((xg - mean) * torch.rsqrt(var + eps)).flatten(-2)
+    return apply_affine(y, weight, bias).to(x.dtype)
 

@@ -7,8 +7,6 @@ EvoNorm-B0's instance statistic runs over the tokens of a sequence (axis -2).
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import Tensor, nn
 
@@ -16,28 +14,7 @@ from normlab.norms import functional as F
 from normlab.norms.base import Norm, NormInfo, affine_params
 from normlab.norms.registry import register_norm
 
-_DEFAULT_GROUPS = 32
 _EVONORM_PAPER = "Evolving Normalization-Activation Layers (Liu, Brock, Simonyan, Le, NeurIPS 2020)"
-
-
-def group_moments(x: Tensor, groups: int) -> tuple[Tensor, Tensor, Tensor]:
-    """`x` as (..., G, C/G) in its statistics dtype, with the mean and biased variance of each
-    group of each token, both of shape (..., G, 1)."""
-    xg = F.upcast(x).unflatten(-1, (groups, -1))
-    mean = xg.mean(-1, keepdim=True)
-    var = (xg - mean).square().mean(-1, keepdim=True)
-    return xg, mean, var
-
-
-def group_norm(
-    x: Tensor, groups: int, weight: Tensor | None = None, bias: Tensor | None = None,
-    eps: float = 1e-5,
-) -> Tensor:
-    """GroupNorm of each token: y = (x - mean_g) / sqrt(var_g + eps) * weight + bias, where
-    mean_g and the biased var_g run over the C/G channels of x's group g."""
-    xg, mean, var = group_moments(x, groups)
-    y = ((xg - mean) * torch.rsqrt(var + eps)).flatten(-2)
-    return F.apply_affine(y, weight, bias).to(x.dtype)
 
 
 def evonorm_s0(
@@ -46,7 +23,7 @@ def evonorm_s0(
 ) -> Tensor:
     """EvoNorm-S0 of each token: y = x·σ(v·x) / sqrt(var_g(x) + eps) * weight + bias, with the
     biased group variance var_g of the input x (not of the gated numerator)."""
-    xg, _, var = group_moments(x, groups)
+    xg, _, var = F.group_moments(x, groups)
     vg = v.to(xg.dtype).unflatten(-1, (groups, -1))
     y = (xg * torch.sigmoid(vg * xg) * torch.rsqrt(var + eps)).flatten(-2)
     return F.apply_affine(y, weight, bias).to(x.dtype)
@@ -87,27 +64,6 @@ def evonorm_b0(
     return F.apply_affine(y, weight, bias).to(x.dtype)
 
 
-def _resolve_groups(name: str, dim: int, groups: int | None) -> int:
-    """The group count used for `dim` channels: the largest divisor of `dim` <= the request.
-
-    The default (32) is lowered silently, and also kept <= dim/2: a one-channel group of a token
-    has variance 0 (GroupNorm would output β alone, EvoNorm-S0 x·σ(vx)/sqrt(eps)). An explicit
-    request is honoured, lowered with a warning when it does not divide `dim`.
-    """
-    if groups is None:
-        return F.largest_divisor_at_most(dim, max(1, min(_DEFAULT_GROUPS, dim // 2)))
-    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f"{name}: groups must be a positive int, got {groups!r}")
-    used = F.largest_divisor_at_most(dim, groups)
-    if used != groups:
-        warnings.warn(
-            f"{name}: groups={groups} does not divide dim={dim}; using {used} groups, the "
-            f"largest divisor of {dim} that is <= {groups}",
-            stacklevel=3,
-        )
-    return used
-
-
 @register_norm("groupnorm")
 class GroupNorm(Norm):
     """Group normalization of each token: its C channels split into G groups of C/G.
@@ -124,7 +80,8 @@ class GroupNorm(Norm):
         groups: G; by default the largest divisor of C that is <= min(32, C/2): the paper's
             32, lowered silently until it divides C and until every group has two channels or
             more (a one-channel group of a token would be all zeros). An explicit G is used as
-            given; one that does not divide C warns and is lowered to the largest divisor <= G.
+            given; one that does not divide C warns and is lowered to the largest divisor <= G,
+            and one that leaves one channel per group warns (`functional.resolve_groups`).
         eps: 1e-5, as `torch.nn.GroupNorm`.
         affine: learn a per-channel γ (ones) and β (zeros).
 
@@ -141,11 +98,11 @@ class GroupNorm(Norm):
         device=None, dtype=None,
     ) -> None:
         super().__init__(dim, eps=eps, affine=affine)
-        self.groups = _resolve_groups("groupnorm", dim, groups)
+        self.groups = F.resolve_groups("groupnorm", dim, groups)
         affine_params(self, dim, bias=True, device=device, dtype=dtype)
 
     def _normalize(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        return group_norm(x, self.groups, self.weight, self.bias, self.eps)
+        return F.group_norm(x, self.groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, groups={self.groups}"
@@ -165,8 +122,8 @@ class EvoNormS0(Norm):
         dim: channels C.
         groups: G = 32 by default, lowered until it divides C as the authors do (timm asserts
             instead), and to at most C/2: a one-channel group of a token has variance 0 and the
-            output would be x·σ(vx)/sqrt(eps). An explicit G that does not divide C warns and
-            is lowered to the largest divisor <= G.
+            output would be x·σ(vx)/sqrt(eps). An explicit G is resolved as for `groupnorm`
+            (`functional.resolve_groups`).
         eps: 1e-5, the authors' value.
         affine: learn γ (ones) and β (zeros). The gate's v (ones, per channel) is learned either
             way: it is part of the activation, not of the affine.
@@ -183,7 +140,7 @@ class EvoNormS0(Norm):
         device=None, dtype=None,
     ) -> None:
         super().__init__(dim, eps=eps, affine=affine)
-        self.groups = _resolve_groups("evonorm_s0", dim, groups)
+        self.groups = F.resolve_groups("evonorm_s0", dim, groups)
         self.v = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
         affine_params(self, dim, bias=True, device=device, dtype=dtype)
 
@@ -233,12 +190,10 @@ class EvoNormB0(Norm):
         device=None, dtype=None,
     ) -> None:
         super().__init__(dim, eps=eps, affine=affine)
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"evonorm_b0: momentum must be in [0, 1], got {momentum!r}")
-        self.momentum = float(momentum)
+        self.momentum = self.unit_interval("momentum", momentum)
         self.v = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
         affine_params(self, dim, bias=True, device=device, dtype=dtype)
-        self.register_buffer("running_var", torch.ones(dim, device=device, dtype=dtype))
+        self.register_stats("running_var", torch.ones(dim, device=device, dtype=dtype))
 
     def _normalize(self, x: Tensor, mask: Tensor | None) -> Tensor:
         if self.training:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -13,8 +15,13 @@ from normlab.norms.registry import register_norm
 class Identity(Norm):
     """y = x. Used by normalization-free recipes (ReZero, SkipInit, T-Fixup) and as a control.
 
-    Takes the common constructor (eps and affine are accepted and ignored, with no parameters)
-    so it can stand in any norm slot.
+    Takes the common constructor so it can stand in any norm slot: `eps`, `device` and `dtype`
+    are accepted and unused (there is nothing to store). It has no parameters, so an explicit
+    `affine=True` is ignored with a warning; the default (False) is silent.
+
+    In eval mode it is the per-channel map scale = 1, shift = 0 (fold "op"); having no
+    parameter or buffer, `eval_affine()` gives CPU tensors in the default dtype unless asked
+    for a `device`/`dtype`.
     """
 
     info = NormInfo(family="identity", stats="none", fold="op", paper="(no normalization)")
@@ -22,10 +29,16 @@ class Identity(Norm):
     def __init__(
         self, dim: int, *, eps: float = 0.0, affine: bool = False, device=None, dtype=None
     ) -> None:
+        if affine:
+            warnings.warn(
+                "identity: affine=True is ignored: the identity has no parameters (y = x); "
+                "pass affine=False, or use a norm with a learnable affine",
+                stacklevel=2,
+            )
         super().__init__(dim, eps=eps, affine=False)
 
     def _normalize(self, x: Tensor, mask: Tensor | None) -> Tensor:
         return x
 
-    def eval_affine(self) -> tuple[Tensor, Tensor]:
+    def _eval_affine(self) -> tuple[Tensor, Tensor]:
         return torch.ones(self.dim), torch.zeros(self.dim)

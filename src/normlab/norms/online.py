@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from normlab.norms import functional as F
-from normlab.norms.base import Norm, NormInfo, affine_params
+from normlab.norms.base import Norm, NormInfo, affine_params, hold_state
 from normlab.norms.registry import register_norm
 
 
@@ -56,9 +56,7 @@ class _OnlineFunction(torch.autograd.Function):
         mean.copy_(mus[-1])
         var.copy_(variances[-1])
         ctx.save_for_backward(out, scale, real)
-        # u and v are state that the backward reads and advances, held by reference (saving them
-        # would make a second backward of the same module fail the in-place version check).
-        ctx.u, ctx.v = u, v
+        hold_state(ctx, u=u, v=v)  # the control variables, advanced by the backward
         ctx.alpha_bkw = alpha_bkw
         return out
 
@@ -141,35 +139,29 @@ class OnlineNorm(Norm):
         device=None, dtype=None,
     ) -> None:
         super().__init__(dim, eps=eps, affine=affine)
-        for label, alpha in (("alpha_fwd", alpha_fwd), ("alpha_bkw", alpha_bkw)):
-            if not 0.0 <= alpha <= 1.0:
-                raise ValueError(f"onlinenorm: {label} must be in [0, 1], got {alpha!r}")
         if ecm not in ("ac", None):
             raise ValueError(
                 f"onlinenorm: ecm must be 'ac' (activation clamping) or None, got {ecm!r}"
             )
         if not clamp_value > 0:
             raise ValueError(f"onlinenorm: clamp_value must be > 0, got {clamp_value!r}")
-        self.alpha_fwd = float(alpha_fwd)
-        self.alpha_bkw = float(alpha_bkw)
+        self.alpha_fwd = self.unit_interval("alpha_fwd", alpha_fwd)
+        self.alpha_bkw = self.unit_interval("alpha_bkw", alpha_bkw)
         self.ecm = ecm
         self.clamp_value = float(clamp_value)
         affine_params(self, dim, bias=True, device=device, dtype=dtype)
-        stat = {"device": device, "dtype": F.compute_dtype(dtype or torch.get_default_dtype())}
         self.running_mean: Tensor
         self.running_var: Tensor
         self.u: Tensor
         self.v: Tensor
-        self.register_buffer("running_mean", torch.zeros(dim, **stat))
-        self.register_buffer("running_var", torch.ones(dim, **stat))
-        self.register_buffer("u", torch.zeros(dim, **stat))
-        self.register_buffer("v", torch.zeros(dim, **stat))
+        for name, fill in (("running_mean", 0.0), ("running_var", 1.0), ("u", 0.0), ("v", 0.0)):
+            self.register_stats(name, torch.full((dim,), fill, device=device, dtype=dtype))
 
     def _normalize(self, x: Tensor, mask: Tensor | None) -> Tensor:
         xf = F.upcast(x)
         if not self.training:
-            scale, shift = self._affine(xf.dtype)
-            return (xf * scale + shift).to(x.dtype)
+            scale, shift = self._eval_affine()
+            return (xf * scale.to(xf.dtype) + shift.to(xf.dtype)).to(x.dtype)
         rows = xf.reshape(-1, self.dim)  # (N, C) in stream order
         real = None if mask is None else mask.reshape(-1, 1)
         y = _OnlineFunction.apply(
@@ -181,18 +173,11 @@ class OnlineNorm(Norm):
             y = y.clamp(-self.clamp_value, self.clamp_value)
         return y.to(x.dtype)
 
-    def _affine(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        inv_std = torch.rsqrt(self.running_var.to(dtype) + self.eps)
-        scale, shift = inv_std, -self.running_mean.to(dtype) * inv_std
-        if self.weight is not None:
-            weight = self.weight.to(dtype)
-            scale, shift = scale * weight, shift * weight + self.bias.to(dtype)
-        return scale, shift
-
-    def eval_affine(self) -> tuple[Tensor, Tensor]:
+    def _eval_affine(self) -> tuple[Tensor, Tensor]:
         """(γ/sqrt(σ²+eps), β - γ·μ/sqrt(σ²+eps)): the eval map y = scale·x + shift."""
-        scale, shift = self._affine(self.running_var.dtype)
-        return scale.detach(), shift.detach()
+        return F.affine_of_moments(
+            self.running_mean, self.running_var, self.weight, self.bias, self.eps
+        )
 
     def extra_repr(self) -> str:
         return (

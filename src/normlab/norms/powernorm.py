@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from normlab.norms import functional as F
-from normlab.norms.base import Norm, NormInfo, affine_params
+from normlab.norms.base import Norm, NormInfo, affine_params, hold_state
 from normlab.norms.registry import register_norm
 
 _GROUP_SCALING_EPS = 1e-5  # fixed inside GroupScaling1D, independent of the norm's eps
@@ -37,9 +37,7 @@ class _PowerFunction(torch.autograd.Function):
             phi = phi * ((t - 1) / t) + psi2 / t  # cumulative mean during warmup
         running_phi.copy_(alpha_fwd * phi + (1 - alpha_fwd) * psi2)
         ctx.save_for_backward(z, psi2, mask)
-        # Γ is state that the backward reads and advances, so it is held by reference: saving it
-        # would make a second backward of the same module fail the in-place version check.
-        ctx.ema_gz = ema_gz
+        hold_state(ctx, ema_gz=ema_gz)  # Γ: read and advanced by the backward
         ctx.alpha_bkw = alpha_bkw
         ctx.eps = eps
         return z
@@ -120,9 +118,6 @@ class PowerNorm(Norm):
         device=None, dtype=None,
     ) -> None:
         super().__init__(dim, eps=eps, affine=affine)
-        for label, alpha in (("alpha_fwd", alpha_fwd), ("alpha_bkw", alpha_bkw)):
-            if not 0.0 <= alpha <= 1.0:
-                raise ValueError(f"powernorm: {label} must be in [0, 1], got {alpha!r}")
         if not isinstance(warmup_iters, int) or warmup_iters < 0:
             raise ValueError(f"powernorm: warmup_iters must be an int >= 0, got {warmup_iters!r}")
         if not isinstance(group_num, int) or group_num < 1 or dim % group_num:
@@ -130,17 +125,16 @@ class PowerNorm(Norm):
                 f"powernorm: group_num must be a positive divisor of dim={dim}, got {group_num!r} "
                 "(GroupScaling splits the channels into equal groups)"
             )
-        self.alpha_fwd = float(alpha_fwd)
-        self.alpha_bkw = float(alpha_bkw)
+        self.alpha_fwd = self.unit_interval("alpha_fwd", alpha_fwd)
+        self.alpha_bkw = self.unit_interval("alpha_bkw", alpha_bkw)
         self.warmup_iters = warmup_iters
         self.group_num = group_num
         affine_params(self, dim, bias=True, device=device, dtype=dtype)
-        stat_dtype = F.compute_dtype(dtype or torch.get_default_dtype())
         self.running_phi: Tensor
         self.ema_gz: Tensor
         self.iters: Tensor
-        self.register_buffer("running_phi", torch.ones(dim, device=device, dtype=stat_dtype))
-        self.register_buffer("ema_gz", torch.zeros(dim, device=device, dtype=stat_dtype))
+        self.register_stats("running_phi", torch.ones(dim, device=device, dtype=dtype))
+        self.register_stats("ema_gz", torch.zeros(dim, device=device, dtype=dtype))
         self.register_buffer("iters", torch.zeros((), device=device, dtype=torch.long))
 
     def _normalize(self, x: Tensor, mask: Tensor | None) -> Tensor:

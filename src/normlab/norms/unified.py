@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from normlab.norms import functional as F
-from normlab.norms.base import Norm, NormInfo, affine_params
+from normlab.norms.base import Norm, NormInfo, affine_params, hold_state
 from normlab.norms.registry import register_norm
 
 _R_CLAMP = 5.0  # the gradient compensation factor r is clamped to [1/5, 5]
@@ -36,7 +36,7 @@ class _UnifiedFunction(torch.autograd.Function):
         inv_std = torch.rsqrt(var + eps)
         z = x * inv_std
         ctx.save_for_backward(z, inv_std, r, weight, mask)
-        ctx.correction = correction
+        hold_state(ctx, correction=correction)  # it advances the module's gradient buffers
         return F.apply_affine(z, weight, bias)
 
     @staticmethod
@@ -134,37 +134,36 @@ class UnifiedNorm(Norm):
                 "unifiednorm: window_size must be a positive int or a pair (forward, backward) of "
                 f"positive ints, got {window_size!r}"
             )
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"unifiednorm: momentum must be in [0, 1], got {momentum!r}")
         for label, value in (("warmup_iters", warmup_iters),
                              ("compensation_start", compensation_start)):
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"unifiednorm: {label} must be an int >= 0, got {value!r}")
         self.warmup_iters = warmup_iters
         self.outlier_filtration = bool(outlier_filtration)
-        self.momentum = float(momentum)
+        self.momentum = self.unit_interval("momentum", momentum)
         self.compensation_start = compensation_start
         affine_params(self, dim, bias=True, device=device, dtype=dtype)
-        stat = {"device": device, "dtype": F.compute_dtype(dtype or torch.get_default_dtype())}
+        stat = {"device": device, "dtype": dtype}
         self.running_var: Tensor
         self.ema_gz: Tensor
         self.buffer_x2: Tensor
         self.buffer_gz: Tensor
         self.iters: Tensor
         self.skip_counter: Tensor
-        self.register_buffer("running_var", torch.ones(dim, **stat))
-        self.register_buffer("ema_gz", torch.zeros(dim, **stat))
-        self.register_buffer("buffer_x2", torch.zeros(windows[0], dim, **stat))  # (W_f, C)
-        self.register_buffer("buffer_gz", torch.zeros(windows[1], dim, **stat))  # (W_b, C)
+        self.register_stats("running_var", torch.ones(dim, **stat))
+        self.register_stats("ema_gz", torch.zeros(dim, **stat))
+        self.register_stats("buffer_x2", torch.zeros(windows[0], dim, **stat))  # (W_f, C)
+        self.register_stats("buffer_gz", torch.zeros(windows[1], dim, **stat))  # (W_b, C)
         self.register_buffer("iters", torch.zeros((), device=device, dtype=torch.long))
         self.register_buffer("skip_counter", torch.zeros((), device=device, dtype=torch.long))
 
     def _normalize(self, x: Tensor, mask: Tensor | None) -> Tensor:
         xf = F.upcast(x)
+        if not self.training:
+            scale, shift = self._eval_affine()
+            return (xf * scale.to(xf.dtype) + shift.to(xf.dtype)).to(x.dtype)
         weight = None if self.weight is None else self.weight.to(xf.dtype)
         bias = None if self.bias is None else self.bias.to(xf.dtype)
-        if not self.training:
-            return F.apply_affine(xf * self._eval_inv_std(xf.dtype), weight, bias).to(x.dtype)
         self.iters.add_(1)
         t = int(self.iters)
         x2, _ = F.masked_mean_square(xf.detach(), mask)
@@ -216,17 +215,9 @@ class UnifiedNorm(Norm):
         self.ema_gz.copy_(ema)
         return mean_gz if skip else ema
 
-    def _eval_inv_std(self, dtype: torch.dtype) -> Tensor:
-        return torch.rsqrt(self.running_var.to(dtype) + self.eps)
-
-    def eval_affine(self) -> tuple[Tensor, Tensor]:
+    def _eval_affine(self) -> tuple[Tensor, Tensor]:
         """(γ/sqrt(running_var + eps), β): the eval map y = scale·x + shift."""
-        scale = self._eval_inv_std(self.running_var.dtype)
-        shift = torch.zeros_like(scale)
-        if self.weight is not None:
-            scale = scale * self.weight.detach().to(scale.dtype)
-            shift = self.bias.detach().to(scale.dtype)
-        return scale, shift
+        return F.affine_of_moments(None, self.running_var, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return (

@@ -6,7 +6,9 @@ Efficient Pre-LN Transformers", NeurIPS 2023), on one model instance, in place:
 1. Untie the head from the token embedding: the head will hold E·diag(γ_f), the embedding E
    recentred (and compressed), so they stop being one tensor.
 2. Fold every LayerNorm's γ, β into all the Linears that read it (Q/K/V or a fused QKV,
-   fc1/gate/up, the head): W' = W·diag(γ), b' = b + Wβ.
+   fc1/gate/up, the head): W' = W·diag(γ), b' = b + Wβ. Where the block scales the norm output
+   by a constant s (LNS's 1/√ℓ), the readers see s·(γ⊙n + β) and the block keeps applying s:
+   γ folds as is and β as s·β, and s·n is as zero-mean as n, so every later step holds.
 3. Recentre every writer to the residual stream (embeddings, position tables, cls token, patch
    projection, attention out-projection, MLP fc2/down): W' = W − mean_D(W), b' = b − mean_D(b).
    Now every LayerNorm input has zero mean, so LN(x) = RMSNorm(x) with the same eps (LN's
@@ -18,7 +20,7 @@ Efficient Pre-LN Transformers", NeurIPS 2023), on one model instance, in place:
 A final norm that no Linear reads (a model without a head returns it) keeps its γ, β inside an
 `rmsnorm(affine=True, bias=True)`; to_crmsnorm refuses such a model, whose output would shrink
 to D−1 channels. Anything the adapter reports as breaking the zero-mean stream (Post-LN, an
-RMSNorm model, cross-attention) is refused with the reason.
+RMSNorm model, cross-attention, norms or gates on the stream) is refused with the reason.
 """
 
 from __future__ import annotations
@@ -26,13 +28,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from normlab.surgery.adapters import Adapter, Layout, get_adapter
-from normlab.surgery.adapters.base import Port
+from normlab.surgery.adapters import Adapter, Layout, NormSite, get_adapter
 from normlab.surgery.ports import (
-    compress_reader,
     compress_writer,
     describe,
-    fold_into_reader,
+    fold_site,
     get_module,
     recentre_writer,
     set_module,
@@ -67,8 +67,6 @@ def _check(op: str, model: nn.Module, layout: Layout, compress: bool) -> list[No
     """Every reason to refuse, before anything is touched."""
     if layout.convert_refusal:
         raise ValueError(f"{op}: {layout.convert_refusal}")
-    if compress and layout.compress_refusal:
-        raise ValueError(f"{op}: {layout.compress_refusal}")
     if not layout.writers:
         raise ValueError(f"{op}: the {layout.arch} adapter lists no writers to the stream")
     found = []
@@ -80,10 +78,10 @@ def _check(op: str, model: nn.Module, layout: Layout, compress: bool) -> list[No
                 f"{op}: {site.path} is a Post-LN norm ({why}), so the stream is not zero-mean at "
                 f"the next norm; only Pre-LN models convert exactly"
             )
-        if site.role == "inner" or site.input_scale != 1.0:
+        if site.role == "inner":
             raise ValueError(
-                f"{op}: {site.path} does not sit plainly on the residual stream (it reads another "
-                f"tensor or is followed by a scale); only Pre-LN models convert exactly"
+                f"{op}: {site.path} does not read the residual stream (it normalizes another "
+                f"tensor); only Pre-LN models convert exactly"
             )
         if params is None or params.kind != "layernorm":
             what = params.label if params else type(get_module(model, site.path)).__name__
@@ -119,7 +117,7 @@ def _convert(
             ))
         new_norms = []
         for site, params in zip(layout.norms, norms, strict=True):
-            new_norms.append(_fold_site(model, site.readers, params, compress, report))
+            new_norms.append(_fold_site(model, site, params, compress, report))
         for port in layout.writers:
             old = describe(model, port)
             recentre_writer(model, port)
@@ -140,17 +138,11 @@ def _convert(
 
 
 def _fold_site(
-    model: nn.Module, readers: tuple[Port, ...], params: NormParams, compress: bool,
-    report: Report,
+    model: nn.Module, site: NormSite, params: NormParams, compress: bool, report: Report
 ) -> tuple[dict, str]:
     """Fold one LayerNorm into its readers (compressing them); return the new norm's spec."""
-    for port in readers:
-        old = describe(model, port)
-        detail = fold_into_reader(model, port, params.weight, params.bias)
-        if compress:
-            compress_reader(model, port)
-            detail += "; reads D−1 channels: W[:, :D−1] − W[:, D−1]"
-        report.changes.append(Change(port.path, old, describe(model, port), detail))
+    report.changes += fold_site(model, site, params.weight, params.bias, compress=compress)
+    readers = site.readers
     if compress:
         spec = norm_spec("crmsnorm", params.dim - 1, eps=params.eps, affine=False)
         return spec, "LN = RMS on the zero-mean stream, stored in D−1 channels"

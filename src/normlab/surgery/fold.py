@@ -1,15 +1,24 @@
 """fold_norms: move norm affines (and, in eval mode, whole batch-statistic norms) into Linears.
 
-Two folds, both exact (methods.md, "Summary table"):
+Two folds, both exact. The γ/β fold is the first step of the Pre-LN → Pre-RMSNorm conversion of
+Jiang, Gu, Zhu, Pan, "Pre-RMSNorm and Pre-CRMSNorm Transformers: Equivalent and Efficient Pre-LN
+Transformers" (NeurIPS 2023); the op-fold is the classic folding of an inference-mode BatchNorm
+into the adjacent Linear.
 
-- γ-fold, for token and elementwise norms (LayerNorm, RMSNorm, HuggingFace RMSNorms, normlab
-  norms with `info.fold == "affine"`): each reader Linear absorbs the affine,
-  W' = W·diag(γ), b' = b + Wβ, and the norm keeps its statistics with the affine removed.
-- op-fold, for norms whose `info.fold == "op"` (normlab's batchnorm, unifiednorm, repbn,
-  prepbn, identity): in eval mode the norm is y = a⊙x + b (`eval_affine()`), so the readers
-  absorb (a, b) the same way and the norm is replaced by `Folded` (an nn.Identity that also
-  accepts the norm's mask). The model must be in eval mode: in training these norms use batch
-  statistics, which no weight can hold.
+- γ-fold, for torch/HuggingFace LayerNorm and RMSNorm and normlab norms with
+  `info.fold == "affine"` (`norms_that_fold("affine")`): each reader Linear absorbs the affine,
+  W' = W·diag(γ), b' = b + Wβ, and the norm keeps its statistics with the affine removed. A
+  normlab norm's affine is whatever its affine=False form drops (translate.py), so a scalar gain
+  (ScaleNorm's g) folds as γ = g/√D expanded to every channel, √D being the constant gain that
+  ScaleNorm keeps without affine.
+- op-fold, for norms with `info.fold == "op"` (`norms_that_fold("op")`): in eval mode the norm is
+  y = a⊙x + b (`eval_affine()`), so the readers absorb (a, b) the same way and the norm is
+  replaced by `Folded` (an nn.Identity that also accepts the norm's mask). The model must be in
+  eval mode: in training these norms use batch statistics, which no weight can hold.
+- norms with `info.fold == "none"` are kept, with a note in the report.
+
+A reader sees s·N(x) when the block scales the norm output by a constant s (LNS's 1/√ℓ): the
+block keeps applying s, so γ folds as is and β as s·β.
 
 A norm whose output is the residual stream (Post-LN) or reaches a non-Linear consumer is
 refused; a norm no Linear reads (the output of a model without a head) is kept with a note.
@@ -20,12 +29,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from normlab.norms import Norm
+from normlab.norms import Norm, get_norm_class, list_norms
+from normlab.norms.base import Fold
 from normlab.surgery.adapters import get_adapter
-from normlab.surgery.ports import describe, fold_into_reader, get_module, set_module, untie
+from normlab.surgery.ports import fold_site, get_module, set_module, untie
 from normlab.surgery.report import Change, OutputProbe, Probe, Report
 from normlab.surgery.select import Where, select
 from normlab.surgery.translate import Folded, module_label, read_norm, statistics_only
+
+
+def norms_that_fold(fold: Fold) -> list[str]:
+    """The registered norms whose `info.fold` is `fold` ("op", "affine" or "none"), sorted."""
+    return [name for name in list_norms() if get_norm_class(name).info.fold == fold]
 
 
 def _mode(path: str, module: nn.Module) -> str:
@@ -108,12 +123,9 @@ def fold_norms(
                 scale, shift = params.weight, params.bias
                 new, spec = statistics_only(params)
                 detail = "γ/β folded; statistics kept, affine removed"
-            if shift is not None:
-                shift = shift * site.input_scale  # readers see s·(γn + β) = γ(s·n) + s·β
-            for port in site.readers:
-                old = describe(model, port)
-                what = fold_into_reader(model, port, scale, shift)
-                report.changes.append(Change(port.path, old, describe(model, port), what))
+                if params.note:
+                    detail += f" ({params.note})"
+            report.changes += fold_site(model, site, scale, shift)
             if new is not module:
                 set_module(model, site.path, new)
             report.changes.append(Change(site.path, params.label, module_label(new), detail, spec))

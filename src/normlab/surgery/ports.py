@@ -8,7 +8,9 @@ residual stream x ∈ R^D. With (out, in) weights (nn.Linear; GPT-2's Conv1D is 
     compress a writer (D → D−1): keep the first D−1 output channels
     compress a reader (D → D−1): W' = W[:, :D−1] − W[:, D−1:D]           exact for zero-mean n
 
-The maths runs in float64 and is stored back in each parameter's dtype.
+The maths runs in float64 on the parameter's device and is stored back in the parameter's
+dtype, whatever device and dtype the folded vectors come in (`Identity.eval_affine()` gives CPU
+float32 for a model on any device).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from normlab.surgery.adapters.base import Port
+from normlab.surgery.adapters.base import NormSite, Port
+from normlab.surgery.report import Change
 
 
 def get_module(model: nn.Module, path: str) -> nn.Module:
@@ -96,7 +99,7 @@ def fold_into_reader(
     done = []
     if shift is not None and bool(shift.ne(0).any()):
         # W β: contract the norm axis of W with β
-        extra = torch.tensordot(w, shift.double(), dims=([axis], [0]))
+        extra = torch.tensordot(w, shift.to(w.device, w.dtype), dims=([axis], [0]))
         bias = getattr(module, bname)
         if bias is None:
             set_param(module, bname, extra, dtype=getattr(module, wname).dtype)
@@ -107,9 +110,32 @@ def fold_into_reader(
     if scale is not None:
         shape = [1, 1]
         shape[axis] = -1
-        set_param(module, wname, w * scale.double().reshape(shape))
+        set_param(module, wname, w * scale.to(w.device, w.dtype).reshape(shape))
         done.append("γ → W·diag(γ)")
     return ", ".join(done) or "nothing to fold (γ = 1, β = 0)"
+
+
+def fold_site(
+    model: nn.Module, site: NormSite, scale: Tensor | None, shift: Tensor | None, *,
+    compress: bool = False,
+) -> list[Change]:
+    """Fold a norm's output map n ↦ scale⊙n + shift into every reader of `site`.
+
+    The readers see s·(scale⊙n + shift), s = `site.input_scale`; the model keeps applying s after
+    the norm, so scale folds as is and shift as s·shift. With `compress`, each reader then reads
+    the D−1 stored channels of a zero-mean stream. Returns one report line per reader.
+    """
+    if shift is not None and site.input_scale != 1.0:
+        shift = shift * site.input_scale
+    changes = []
+    for port in site.readers:
+        old = describe(model, port)
+        detail = fold_into_reader(model, port, scale, shift)
+        if compress:
+            compress_reader(model, port)
+            detail += "; reads D−1 channels: W[:, :D−1] − W[:, D−1]"
+        changes.append(Change(port.path, old, describe(model, port), detail))
+    return changes
 
 
 @torch.no_grad()

@@ -3,10 +3,19 @@
 `read_norm` knows `torch.nn.LayerNorm`, `torch.nn.RMSNorm`, HuggingFace's RMSNorm classes
 (`adapters/hf_norms.py`: `variance_epsilon`, Gemma's 1 + w) and every normlab `Norm`. What it
 returns is the *function* the module computes: the effective γ (offset applied), β and eps.
+
+A normlab norm's affine is read from the norm itself, not from a list of names: it is every
+parameter that the same class built with affine=False does not have. `bias` adds to the output;
+every other such parameter (the per-channel `weight`, ScaleNorm's scalar `gain`) multiplies it,
+relative to the constant the affine=False form keeps in its place (ScaleNorm keeps the buffer
+g = √D, so γ = g/√D; a norm that keeps nothing there has γ = the parameter itself). A scalar
+gain is expanded to one γ per channel.
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +32,8 @@ class NormParams:
 
     kind: "layernorm" or "rmsnorm" for torch/HuggingFace layers, the registry name for normlab
     norms. weight: the effective per-channel γ (None = ones); bias: β (None = zeros).
+    affine: for normlab norms, the names of the parameters that hold γ/β (what affine=False
+    drops).
     """
 
     kind: str
@@ -33,6 +44,7 @@ class NormParams:
     module: nn.Module
     note: str = ""
     per_channel: bool = True  # False: an affine exists but is not one γ/β per channel
+    affine: tuple[str, ...] = ()
 
     @property
     def is_normlab(self) -> bool:
@@ -49,21 +61,74 @@ def module_label(module: nn.Module) -> str:
     return f"{package}.{type(module).__name__}({module.extra_repr()})"
 
 
-def _per_channel(t: Tensor | None, dim: int) -> Tensor | None:
-    return t if t is not None and tuple(t.shape) == (dim,) else None
+@dataclass(frozen=True)
+class _PlainForm:
+    """What `cls(dim, affine=False)` holds: its parameter names, its buffers, which persist."""
+
+    parameters: frozenset[str]
+    buffers: dict[str, Tensor]
+    transient: frozenset[str]
+
+
+@functools.lru_cache(maxsize=64)
+def _plain_form(cls: type[Norm], dim: int) -> _PlainForm | None:
+    """The affine=False form of a normlab norm class at width `dim` (None: it cannot be built)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plain = cls(dim, affine=False)
+    except (TypeError, ValueError):
+        return None
+    return _PlainForm(
+        frozenset(n for n, _ in plain.named_parameters(recurse=False)),
+        dict(plain.named_buffers(recurse=False)),
+        frozenset(plain._non_persistent_buffers_set),
+    )
+
+
+def _read_normlab(norm: Norm) -> NormParams:
+    """γ, β and their parameter names of a normlab norm (see the module docstring)."""
+    own = dict(norm.named_parameters(recurse=False))
+    plain = _plain_form(type(norm), norm.dim)
+    if plain is None:  # a class without the common constructor: affine_params' names
+        names, fixed = [n for n in ("weight", "bias") if n in own], {}
+    else:
+        names, fixed = [n for n in own if n not in plain.parameters], plain.buffers
+    channels = (norm.dim,)
+    scale = shift = None
+    odd, notes = [], []
+    for name in names:
+        p = own[name]
+        if name == "bias" and tuple(p.shape) == channels:
+            shift = p
+        elif name != "bias" and tuple(p.shape) in ((), channels):
+            factor = p
+            if name in fixed:  # relative to the constant the affine=False form keeps here
+                const = fixed[name]
+                factor = (p.detach().double() / const.to(p.device, torch.float64)).to(p.dtype)
+                value = f"{const.item():g}" if const.dim() == 0 else "its affine=False value"
+                notes.append(f"γ = {name} / {value} (what {norm.name} keeps without affine)")
+            if factor.dim() == 0:
+                factor = factor.expand(channels)
+                notes.append(f"scalar {name} expanded to {norm.dim} channels")
+            scale = factor if scale is None else scale * factor
+        else:
+            odd.append(name)
+    if odd:
+        return NormParams(
+            norm.name, norm.dim, norm.eps, scale, shift, norm,
+            f"its affine ({', '.join(odd)}) is not one γ/β per channel", per_channel=False,
+            affine=tuple(names),
+        )
+    return NormParams(
+        norm.name, norm.dim, norm.eps, scale, shift, norm, "; ".join(notes), affine=tuple(names)
+    )
 
 
 def read_norm(module: nn.Module) -> NormParams | None:
     """The `NormParams` of `module`, or None when it is not a norm surgery knows."""
     if isinstance(module, Norm):
-        weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
-        w, b = _per_channel(weight, module.dim), _per_channel(bias, module.dim)
-        odd = [n for n, p in module.named_parameters(recurse=False) if n in ("weight", "bias")
-               and tuple(p.shape) != (module.dim,)]
-        if odd:
-            return NormParams(module.name, module.dim, module.eps, w, b, module,
-                              "its affine is not one γ/β per channel", per_channel=False)
-        return NormParams(module.name, module.dim, module.eps, w, b, module)
+        return _read_normlab(module)
     if isinstance(module, nn.LayerNorm):
         if len(module.normalized_shape) != 1:
             raise ValueError(
@@ -133,15 +198,21 @@ def statistics_only(params: NormParams) -> tuple[nn.Module, dict[str, Any] | Non
     """The norm with its affine removed, and its spec (None when changed in place).
 
     torch/HuggingFace LayerNorm and RMSNorm become normlab's `layernorm`/`rmsnorm` with
-    affine=False and the same eps. A normlab norm keeps every other setting and buffer: its
-    `weight`/`bias` are set to None in place.
+    affine=False and the same eps. A normlab norm keeps every other setting and buffer and is
+    changed in place into its affine=False form: each affine parameter becomes what that form
+    holds in its place (None, or a constant buffer such as ScaleNorm's g = √D).
     """
     if params.is_normlab:
         norm = params.module
-        if params.weight is not None:
-            norm.weight = None
-        if params.bias is not None:
-            norm.bias = None
+        plain = _plain_form(type(norm), norm.dim)
+        for name in params.affine:
+            old = getattr(norm, name)
+            delattr(norm, name)
+            if plain is not None and name in plain.buffers:
+                const = plain.buffers[name].to(old.device, old.dtype).clone()
+                norm.register_buffer(name, const, persistent=name not in plain.transient)
+            else:
+                norm.register_parameter(name, None)
         norm.affine = False
         return norm, None
     spec = norm_spec(params.kind, params.dim, eps=params.eps, affine=False)

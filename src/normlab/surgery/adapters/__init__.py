@@ -2,9 +2,9 @@
 
     get_adapter(model)   # ValueError listing the supported architectures if none fits
 
-A new architecture is a new file with an `Adapter` subclass and one line in `_HF` (or
-`_NORMLAB`). The HuggingFace adapters import nothing from `transformers` at module level, so
-`normlab.surgery` imports without it.
+A new architecture is a new file with an `Adapter` subclass (`hf.HFAdapter` for HuggingFace
+models) and one line in `_HF` (or `_NORMLAB`). The HuggingFace adapters import nothing from
+`transformers` at module level, so `normlab.surgery` imports without it.
 """
 
 from __future__ import annotations

@@ -63,7 +63,6 @@ class Layout:
         ties: (head weight, embedding weight) parameter paths that share one tensor now.
         convert_refusal: None when the exact Pre-LN → Pre-RMSNorm conversion applies; otherwise
             the reason it does not (Post-LN, already RMSNorm, an unsupported block, ...).
-        compress_refusal: why a D−1 stream would not run (modules that assume width D).
     """
 
     arch: str
@@ -71,7 +70,6 @@ class Layout:
     writers: tuple[Port, ...] = ()
     ties: tuple[tuple[str, str], ...] = ()
     convert_refusal: str | None = None
-    compress_refusal: str | None = None
 
 
 class Adapter:
@@ -94,14 +92,10 @@ class Adapter:
         """Record in the model's own config that the head is no longer tied (HF models)."""
 
 
-def hf_output(model: nn.Module, inputs: Any) -> Tensor:
-    """Call a HuggingFace model; return `logits` when it has them, else `last_hidden_state`."""
-    out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
-    return out["logits"] if "logits" in out else out["last_hidden_state"]
-
-
-def random_token_ids(
-    vocab_size: int, max_len: int, generator: torch.Generator, batch: int = 2, seq: int = 16
-) -> Tensor:
-    """Token ids of shape (batch, min(seq, max_len)) drawn uniformly from the vocabulary."""
-    return torch.randint(0, vocab_size, (batch, min(seq, max_len)), generator=generator)
+def tie(model: nn.Module, head: str | None, embedding: str) -> tuple[tuple[str, str], ...]:
+    """`Layout.ties` for a head module path and an embedding module path: the pair of weight
+    paths when the head shares the embedding's tensor now, else ()."""
+    if head is None:
+        return ()
+    shared = model.get_submodule(head).weight is model.get_submodule(embedding).weight
+    return ((f"{head}.weight", f"{embedding}.weight"),) if shared else ()

@@ -8,20 +8,12 @@ Nothing folds and the Pre-RMSNorm conversion does not apply; swap_norms works.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import ClassVar
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from normlab.surgery.adapters.base import (
-    Adapter,
-    Layout,
-    NormSite,
-    hf_output,
-    random_token_ids,
-)
-
-_CLASSES = {"BertModel": "", "BertForMaskedLM": "bert.", "BertForSequenceClassification": "bert."}
+from normlab.surgery.adapters.base import Layout, NormSite
+from normlab.surgery.adapters.hf import HFAdapter
 
 POST_LN = (
     "bert is a Post-LN model: each LayerNorm output is the residual stream itself (it is added "
@@ -31,16 +23,15 @@ POST_LN = (
 )
 
 
-class BertAdapter(Adapter):
+class BertAdapter(HFAdapter):
     name = "bert"
+    # model class -> prefix of the BertModel
+    classes: ClassVar[dict[str, str]] = {
+        "BertModel": "", "BertForMaskedLM": "bert.", "BertForSequenceClassification": "bert."
+    }
 
     def layout(self, model: nn.Module) -> Layout:
-        cls = type(model).__name__
-        if cls not in _CLASSES:
-            raise ValueError(
-                f"bert adapter: unsupported model class {cls}; supported: {', '.join(_CLASSES)}"
-            )
-        base = _CLASSES[cls]
+        cls, base = self.model_class(model)
         why = "Post-LN: the LayerNorm output is the residual stream"
         sites = [NormSite(f"{base}embeddings.LayerNorm", "post", why=why)]
         for i in range(model.config.num_hidden_layers):
@@ -50,11 +41,3 @@ class BertAdapter(Adapter):
                 NormSite(layer + "output.LayerNorm", "post", why=why),
             ]
         return Layout(arch=f"bert ({cls})", norms=tuple(sites), convert_refusal=POST_LN)
-
-    def probe_inputs(self, model: nn.Module, generator: torch.Generator) -> dict[str, Any]:
-        config = model.config
-        ids = random_token_ids(config.vocab_size, config.max_position_embeddings, generator)
-        return {"input_ids": ids}
-
-    def output(self, model: nn.Module, inputs: Any) -> Tensor:
-        return hf_output(model, inputs)

@@ -7,37 +7,24 @@ token_type_ids), every attn.c_proj and every mlp.c_proj.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import ClassVar
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from normlab.surgery.adapters.base import (
-    Adapter,
-    Layout,
-    NormSite,
-    Port,
-    hf_output,
-    random_token_ids,
-)
-
-# model class -> (prefix of the GPT2Model, the Linear head reading ln_f or None)
-_CLASSES = {
-    "GPT2Model": ("", None),
-    "GPT2LMHeadModel": ("transformer.", "lm_head"),
-}
+from normlab.surgery.adapters.base import Layout, NormSite, Port, tie
+from normlab.surgery.adapters.hf import BaseAndHead, HFAdapter
 
 
-class GPT2Adapter(Adapter):
+class GPT2Adapter(HFAdapter):
     name = "gpt2"
+    classes: ClassVar[dict[str, BaseAndHead]] = {
+        "GPT2Model": ("", None), "GPT2LMHeadModel": ("transformer.", "lm_head")
+    }
+    positions = "n_positions"
+    kv_cache = True
 
     def layout(self, model: nn.Module) -> Layout:
-        cls = type(model).__name__
-        if cls not in _CLASSES:
-            raise ValueError(
-                f"gpt2 adapter: unsupported model class {cls}; supported: {', '.join(_CLASSES)}"
-            )
-        base, head = _CLASSES[cls]
+        cls, (base, head) = self.model_class(model)
         config = model.config
         sites: list[NormSite] = []
         writers = [Port(f"{base}wte", "embedding"), Port(f"{base}wpe", "embedding")]
@@ -48,9 +35,6 @@ class GPT2Adapter(Adapter):
             writers += [Port(h + "attn.c_proj", "conv1d"), Port(h + "mlp.c_proj", "conv1d")]
         readers = (Port(head, "linear"),) if head else ()
         sites.append(NormSite(f"{base}ln_f", "final", readers))
-        ties = ()
-        if head == "lm_head" and model.lm_head.weight is model.transformer.wte.weight:
-            ties = (("lm_head.weight", "transformer.wte.weight"),)
         refusal = None
         if config.add_cross_attention:
             refusal = (
@@ -58,17 +42,6 @@ class GPT2Adapter(Adapter):
                 "by the exact conversion"
             )
         return Layout(
-            arch=f"gpt2 ({cls})", norms=tuple(sites), writers=tuple(writers), ties=ties,
-            convert_refusal=refusal,
+            arch=f"gpt2 ({cls})", norms=tuple(sites), writers=tuple(writers),
+            ties=tie(model, head, f"{base}wte"), convert_refusal=refusal,
         )
-
-    def probe_inputs(self, model: nn.Module, generator: torch.Generator) -> dict[str, Any]:
-        config = model.config
-        ids = random_token_ids(config.vocab_size, config.n_positions, generator)
-        return {"input_ids": ids, "use_cache": False}
-
-    def output(self, model: nn.Module, inputs: Any) -> Tensor:
-        return hf_output(model, inputs)
-
-    def untie(self, model: nn.Module) -> None:
-        model.config.tie_word_embeddings = False

@@ -7,21 +7,12 @@ then the final `norm` and `lm_head` (tied to embed_tokens only when the config s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import ClassVar
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from normlab.surgery.adapters.base import (
-    Adapter,
-    Layout,
-    NormSite,
-    Port,
-    hf_output,
-    random_token_ids,
-)
-
-_CLASSES = {"LlamaModel": ("", None), "LlamaForCausalLM": ("model.", "lm_head")}
+from normlab.surgery.adapters.base import Layout, NormSite, Port, tie
+from normlab.surgery.adapters.hf import BaseAndHead, HFAdapter
 
 ALREADY_RMS = (
     "llama already normalizes with RMSNorm: there is no mean subtraction to remove, so "
@@ -32,16 +23,15 @@ ALREADY_RMS = (
 )
 
 
-class LlamaAdapter(Adapter):
+class LlamaAdapter(HFAdapter):
     name = "llama"
+    classes: ClassVar[dict[str, BaseAndHead]] = {
+        "LlamaModel": ("", None), "LlamaForCausalLM": ("model.", "lm_head")
+    }
+    kv_cache = True
 
     def layout(self, model: nn.Module) -> Layout:
-        cls = type(model).__name__
-        if cls not in _CLASSES:
-            raise ValueError(
-                f"llama adapter: unsupported model class {cls}; supported: {', '.join(_CLASSES)}"
-            )
-        base, head = _CLASSES[cls]
+        cls, (base, head) = self.model_class(model)
         sites: list[NormSite] = []
         writers = [Port(f"{base}embed_tokens", "embedding")]
         for i in range(model.config.num_hidden_layers):
@@ -54,21 +44,7 @@ class LlamaAdapter(Adapter):
             ]
             writers += [Port(h + "self_attn.o_proj", "linear"), Port(h + "mlp.down_proj", "linear")]
         sites.append(NormSite(f"{base}norm", "final", (Port(head, "linear"),) if head else ()))
-        ties = ()
-        if head and model.lm_head.weight is model.model.embed_tokens.weight:
-            ties = (("lm_head.weight", "model.embed_tokens.weight"),)
         return Layout(
-            arch=f"llama ({cls})", norms=tuple(sites), writers=tuple(writers), ties=ties,
-            convert_refusal=ALREADY_RMS,
+            arch=f"llama ({cls})", norms=tuple(sites), writers=tuple(writers),
+            ties=tie(model, head, f"{base}embed_tokens"), convert_refusal=ALREADY_RMS,
         )
-
-    def probe_inputs(self, model: nn.Module, generator: torch.Generator) -> dict[str, Any]:
-        config = model.config
-        ids = random_token_ids(config.vocab_size, config.max_position_embeddings, generator)
-        return {"input_ids": ids, "use_cache": False}
-
-    def output(self, model: nn.Module, inputs: Any) -> Tensor:
-        return hf_output(model, inputs)
-
-    def untie(self, model: nn.Module) -> None:
-        model.config.tie_word_embeddings = False

@@ -6,8 +6,10 @@ and the embedding norm write the stream (nothing folds). The final norm feeds th
 or the classifier through [CLS] or the token mean (ViT; both commute with a per-channel affine).
 Dual PatchNorm's first norm feeds the patch embedding, its second writes the stream.
 
-The exact Pre-RMSNorm conversion is offered for the "pre" scheme without gates or head scales;
-to_crmsnorm is refused because normlab's attention reshapes its output to the input width.
+The exact Pre-(C)RMSNorm conversion is offered when every block is plain Pre-LN (one "pre" norm
+per sublayer, no gates, no head scales) with a final norm and no embedding norm: the "pre"
+scheme, and "lns", whose constant input scale s = 1/√ℓ stays in the block while the readers
+take γ and s·β.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from normlab.surgery.adapters.base import Adapter, Layout, NormSite, Port
+from normlab.surgery.adapters.base import Adapter, Layout, NormSite, Port, tie
 
 _STREAM = "its output is added to or is the residual stream"
 
@@ -41,10 +43,7 @@ def _block_sites(prefix: str, block: nn.Module) -> tuple[list[NormSite], list[Po
             else:
                 sites.append(NormSite(f"{prefix}norms.{sub}_{slot}", "post", why=_STREAM))
     writers = [Port(prefix + "attn.out_proj", "linear"), Port(prefix + "mlp.fc2", "linear")]
-    plain = (
-        p.attn == ("pre",) and p.mlp == ("pre",) and not p.gates and not p.head_scale
-        and p.input_scale == 1.0
-    )
+    plain = p.attn == ("pre",) and p.mlp == ("pre",) and not p.gates and not p.head_scale
     return sites, writers, None if plain else "a block other than plain Pre-LN"
 
 
@@ -75,19 +74,18 @@ class NormlabAdapter(Adapter):
         head = "lm_head" if is_gpt else "head"
         if model.final_norm is not None:
             sites.append(NormSite("final_norm", "final", (Port(head, "linear"),)))
-        ties = ()
-        if is_gpt and model.lm_head.weight is model.wte.weight:
-            ties = (("lm_head.weight", "wte.weight"),)
         scheme = model.layout.scheme
         refusal = None
-        if reasons or scheme != "pre" or model.final_norm is None:
+        if reasons or model.embed_norm is not None or model.final_norm is None:
             refusal = (
                 f"placement {scheme!r} is not plain Pre-LN (norms outside the block inputs, "
-                f"gates or scales on the stream); the exact conversion needs scheme 'pre'"
+                f"gates or scales on the stream); the exact conversion needs scheme 'pre' "
+                f"(or 'lns', Pre-LN with a constant scale on the norm outputs)"
             )
         return Layout(
             arch=f"normlab {type(model).__name__} (placement {scheme!r})",
-            norms=tuple(sites), writers=tuple(writers), ties=ties, convert_refusal=refusal,
+            norms=tuple(sites), writers=tuple(writers),
+            ties=tie(model, head, "wte") if is_gpt else (), convert_refusal=refusal,
         )
 
     def probe_inputs(self, model: nn.Module, generator: torch.Generator) -> dict[str, Any]:

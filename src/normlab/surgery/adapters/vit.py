@@ -8,26 +8,23 @@ o_proj and every fc2. ViTForImageClassification's classifier reads the final nor
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from normlab.surgery.adapters.base import Adapter, Layout, NormSite, Port, hf_output
+from normlab.surgery.adapters.base import Layout, NormSite, Port
+from normlab.surgery.adapters.hf import BaseAndHead, HFAdapter
 
-_CLASSES = {"ViTModel": ("", None), "ViTForImageClassification": ("vit.", "classifier")}
 
-
-class ViTAdapter(Adapter):
+class ViTAdapter(HFAdapter):
     name = "vit"
+    classes: ClassVar[dict[str, BaseAndHead]] = {
+        "ViTModel": ("", None), "ViTForImageClassification": ("vit.", "classifier")
+    }
 
     def layout(self, model: nn.Module) -> Layout:
-        cls = type(model).__name__
-        if cls not in _CLASSES:
-            raise ValueError(
-                f"vit adapter: unsupported model class {cls}; supported: {', '.join(_CLASSES)}"
-            )
-        base, head = _CLASSES[cls]
+        cls, (base, head) = self.model_class(model)
         vit = model.vit if base else model
         emb = f"{base}embeddings."
         writers = [
@@ -56,6 +53,3 @@ class ViTAdapter(Adapter):
         c = model.config
         size = (2, c.num_channels, c.image_size, c.image_size)
         return {"pixel_values": torch.randn(size, generator=generator)}
-
-    def output(self, model: nn.Module, inputs: Any) -> Tensor:
-        return hf_output(model, inputs)
