@@ -22,16 +22,14 @@ import argparse
 import csv
 import datetime
 import os
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "17179869184"}
-if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
-    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+from benchenv import MALLOC_ENV, cpu_model, use_big_malloc_thresholds
+
+use_big_malloc_thresholds()
 
 import torch  # noqa: E402  (after the re-exec)
 from torch import nn  # noqa: E402
@@ -40,16 +38,6 @@ from normlab import kernels  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "norm_kernels.csv"
 MODES = ("fwd", "bwd", "fwd+bwd")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def synchronize(device: str) -> None:

@@ -27,16 +27,14 @@ import copy
 import csv
 import datetime
 import json
-import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "17179869184"}
-if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
-    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+from benchenv import MALLOC_ENV, cpu_model, use_big_malloc_thresholds
+
+use_big_malloc_thresholds()
 
 import torch  # noqa: E402  (after the re-exec)
 import transformers  # noqa: E402
@@ -46,16 +44,6 @@ from normlab.surgery import fold_norms, to_crmsnorm, to_rmsnorm  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "surgery.csv"
 SEQ = 128
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def build(name: str, quick: bool) -> nn.Module:

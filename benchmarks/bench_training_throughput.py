@@ -30,19 +30,10 @@ import torch
 import transformers
 from torch import nn
 
+from benchenv import cpu_model
 from normlab.models import GPT, GPTConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "training_throughput.csv"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def build(args: argparse.Namespace, device: torch.device) -> dict[str, nn.Module]:
@@ -94,6 +85,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, few rounds")
+    parser.add_argument("--no-save", action="store_true", help="do not append to the CSV")
     args = parser.parse_args()
     if args.quick:
         args.depth, args.dim, args.seq, args.batch = 2, 64, 64, 4
@@ -143,13 +135,14 @@ def main() -> int:
            "normlab_tok_s": round(summary["normlab"]["median"]),
            "hf_tok_s": round(summary["hf_gpt2"]["median"]), "ratio": round(ratio, 4),
            "repeats": args.repeats, "steps_per_round": args.steps}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    new = not RESULTS.exists()
-    with RESULTS.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    if not args.no_save:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        new = not RESULTS.exists()
+        with RESULTS.open("a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
     print(json.dumps({"ratio": round(ratio, 4), **{f"{k}_tok_s": round(v["median"])
                                                     for k, v in summary.items()}}))
     return 0

@@ -2,7 +2,7 @@
 
 The references below use the block's own parameters and norm modules (the norms are tested by
 the contract tests) but their own attention (explicit softmax), MLP and wiring, one formula per
-scheme as methods.md writes it.
+scheme as its paper writes it.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def ref_mlp(block: Block, x: torch.Tensor, hidden_norm=None) -> torch.Tensor:
 
 
 def ref_block(scheme: str, block: Block, x, layer_index: int, depth: int, causal=True):
-    """The block output, one formula per scheme (methods.md §1-3, 12-15)."""
+    """The block output, one formula per scheme (as in each scheme's paper, docs/placements.md)."""
     n = block.norm_slots()
     g = block.gates
 

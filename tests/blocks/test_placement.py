@@ -1,4 +1,4 @@
-"""Placement schemes as data: the table, per-layer rules and constants against methods.md."""
+"""Placement schemes as data: the table, per-layer rules and constants against the papers."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Shared cases for the kernel tests: independent float64 references and a runner.
 
-The references are written from the formulas (methods.md §8 for DyT; LayerNorm: Ba et al. 2016;
-RMSNorm with eps inside the root as LLaMA / torch.nn.RMSNorm), not from normlab's code.
+The references are written from the formulas (DyT: Zhu et al., CVPR 2025; LayerNorm: Ba et
+al. 2016; RMSNorm with eps inside the root as LLaMA / torch.nn.RMSNorm), not from normlab's code.
 """
 
 from __future__ import annotations
