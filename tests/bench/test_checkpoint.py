@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from normlab.bench import checkpoint
+from normlab.bench.config import RunConfig
 
 
 class Tied(nn.Module):
@@ -127,3 +128,22 @@ def test_optimizer_structure_round_trip_keeps_tuples():
     back = checkpoint.unflatten_optimizer(tensors, json.loads(json.dumps(structure)))
     assert back["param_groups"][0]["betas"] == (0.9, 0.95)
     assert set(back["state"]) == set(opt.state_dict()["state"])
+
+
+def test_field_added_after_the_checkpoint_counts_as_its_default(tmp_path):
+    # a checkpoint written before train.diagnose_every and optim.gate_clip existed
+    current = RunConfig().to_dict()
+    old = json.loads(json.dumps(current))
+    del old["train"]["diagnose_every"], old["optim"]["gate_clip"]
+    model, opt = trained()
+    path = checkpoint.save(tmp_path, 3, model=model.state_dict(), optimizer=opt.state_dict(),
+                           tensors={}, loop={}, config=old)
+    assert checkpoint.load(path, config=current, expected=model.state_dict()).step == 3
+    changed = json.loads(json.dumps(current))
+    changed["train"]["diagnose_every"] = 5  # the old run recorded nothing: a real difference
+    with pytest.raises(ValueError, match=r"train\.diagnose_every: 0 != 5"):
+        checkpoint.load(path, config=changed, expected=model.state_dict())
+    with_kwarg = json.loads(json.dumps(current))
+    with_kwarg["norm"]["kwargs"] = {"eps": 1e-6}  # a kwargs key has no default to fall back on
+    with pytest.raises(ValueError, match=r"norm\.kwargs\.eps: None != 1e-06"):
+        checkpoint.load(path, config=with_kwarg, expected=model.state_dict())

@@ -29,7 +29,9 @@ def test_quick_preset_compares_five_placements_by_three_norms():
 def test_overrides_are_typed():
     cfg, _ = load_preset("smoke", ["optim.lr=1e-3", "train.steps=7", "model.bias=false",
                                    "optim.agc=0.01", "optim.agc=null", "schedule.min_lr_ratio=0",
-                                   "norm.kwargs={eps: 1.0e-6}", "precision=bf16"])
+                                   "norm.kwargs={eps: 1.0e-6}", "precision=bf16",
+                                   "optim.gate_clip=1e-2", "model.embed_gain_init=8"])
+    assert cfg.optim.gate_clip == 0.01 and cfg.model.embed_gain_init == 8.0
     assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float)
     assert cfg.train.steps == 7 and cfg.model.bias is False and cfg.optim.agc is None
     assert cfg.schedule.min_lr_ratio == 0.0 and isinstance(cfg.schedule.min_lr_ratio, float)
@@ -60,6 +62,8 @@ def test_unknown_key_is_an_error_naming_it(override, named):
     ("norm.kwargs=[1, 2]", "norm.kwargs"),
     ("data.val_fraction=1.5", "data.val_fraction"),
     ("model.kind=vit", "model.kind"),
+    ("optim.gate_clip=-0.01", "optim.gate_clip"),
+    ("model.embed_gain_init=0", "model.embed_gain_init"),
 ])
 def test_bad_value_is_an_error_naming_the_field(override, named):
     with pytest.raises(ValueError, match=named.replace(".", r"\.")):

@@ -1,4 +1,7 @@
-"""AdamW groups, the warmup + cosine schedule and AGC against a reference from methods.md §15f."""
+"""AdamW groups, the warmup + cosine schedule, and the clipping: AGC against a reference written
+from "High-Performance Large-Scale Image Recognition Without Normalization" (Brock, De, Smith,
+Simonyan, ICML 2021), the global and GPAS gate clips against hand-computed numbers.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,15 @@ import torch
 from torch import nn
 
 from normlab.bench.config import OptimConfig, ScheduleConfig
-from normlab.bench.optim import adaptive_clip_, classifier_parameters, learning_rate, make_adamw
+from normlab.bench.optim import (
+    adaptive_clip_,
+    classifier_parameters,
+    clip_gradients_,
+    gpas_gate_parameters,
+    learning_rate,
+    make_adamw,
+)
+from normlab.blocks import Block, Gate, Placement
 
 
 def reference_agc(weight, grad, clip, eps):
@@ -68,12 +79,62 @@ def test_weight_decay_only_on_matrices():
 
 
 def test_schedule_warmup_then_cosine():
+    # peak 2.0, floor 0.1 * 2.0 = 0.2, warmup 4 steps, 21 steps: the cosine runs over steps
+    # 4..20 (16 intervals), so step 4 + 16·p is at progress p:
+    #   0.2 + 0.5 · 1.8 · (1 + cos(π p)),  p = 1/4: 0.2 + 0.9 · (1 + √2/2) = 1.7363961030678928
+    #                                      p = 1/2: 0.2 + 0.9 = 1.1
+    #                                      p = 3/4: 0.2 + 0.9 · (1 − √2/2) = 0.4636038969321072
     cfg = ScheduleConfig(warmup_steps=4, min_lr_ratio=0.1)
-    lrs = [learning_rate(s, 20, 1.0, cfg) for s in range(20)]
-    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
-    assert lrs[3] == lrs[4] == pytest.approx(1.0)
-    assert lrs[-1] == pytest.approx(0.1)
-    assert all(a >= b for a, b in itertools.pairwise(lrs[4:]))
-    mid = 4 + (20 - 1 - 4) / 2  # halfway through the decay: the mean of lr and the floor
-    assert learning_rate(int(mid), 20, 1.0, cfg) == pytest.approx(
-        0.1 + 0.45 * (1 + math.cos(math.pi * (int(mid) - 4) / 15)))
+    lrs = [learning_rate(s, 21, 2.0, cfg) for s in range(21)]
+    assert lrs[:5] == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0], rel=1e-12)
+    assert [lrs[8], lrs[12], lrs[16]] == pytest.approx(
+        [1.7363961030678928, 1.1, 0.4636038969321072], rel=1e-12)
+    assert lrs[20] == pytest.approx(0.2, rel=1e-12)
+    assert all(a > b for a, b in itertools.pairwise(lrs[4:]))
+    assert learning_rate(0, 21, 2.0, ScheduleConfig(warmup_steps=0, min_lr_ratio=0.0)) == 2.0
+
+
+def gpas_block(placement=None):
+    placement = placement or Placement(attn=("pre",), mlp=("pre",),
+                                       gates=(Gate("stream", fn="gpas"),))
+    return Block(8, 2, placement)
+
+
+def test_gpas_gates_are_found_from_the_placement():
+    model = nn.Module()
+    model.blocks = nn.ModuleList([gpas_block(), gpas_block()])
+    # a per-sublayer GPAS gate next to a ReZero-style scale gate, which is not selected
+    mixed = Placement(gates=(Gate("stream", fn="gpas", shared=False),
+                             Gate("branch", init=0.0)))
+    model.other = gpas_block(mixed)
+    found = gpas_gate_parameters(model)
+    want = [model.blocks[0].gates["stream"], model.blocks[1].gates["stream"],
+            model.other.gates["stream_attn"], model.other.gates["stream_mlp"]]
+    assert [id(p) for p in found] == [id(p) for p in want]
+
+
+def test_gate_clip_without_gpas_gates_is_refused():
+    model = nn.Sequential(Block(8, 2, Placement(gates=(Gate("branch"),))))
+    with pytest.raises(ValueError, match=r"optim\.gate_clip"):
+        gpas_gate_parameters(model)
+
+
+def test_clipping_global_then_gates_by_hand():
+    # gradients: w = (12,), gates a = 3, b = 4. Global norm √(144 + 9 + 16) = 13, clipped to
+    # 6.5: everything × 1/2 -> w = 6, a = 1.5, b = 2. Gate norm √(1.5² + 2²) = 2.5, clipped to
+    # 0.5: the gates × 1/5 -> a = 0.3, b = 0.4; w stays 6.
+    w, a, b = (nn.Parameter(torch.zeros(s, dtype=torch.float64)) for s in ((1,), (), ()))
+    w.grad, a.grad, b.grad = (torch.tensor(v, dtype=torch.float64) for v in ([12.0], 3.0, 4.0))
+    cfg = OptimConfig(grad_clip=6.5, gate_clip=0.5)
+    norm = clip_gradients_(cfg, [w, a, b], gate_params=[a, b])
+    assert norm.item() == pytest.approx(13.0, rel=1e-12)
+    got = [w.grad.item(), a.grad.item(), b.grad.item()]
+    assert got == pytest.approx([6.0, 0.3, 0.4], rel=1e-5)  # torch divides by norm + 1e-6
+
+
+@pytest.mark.parametrize("gate_clip", [0.0, None, 10.0])
+def test_gate_clip_off_or_above_the_norm_leaves_gates(gate_clip):
+    a, b = nn.Parameter(torch.zeros(())), nn.Parameter(torch.zeros(()))
+    a.grad, b.grad = torch.tensor(3.0), torch.tensor(4.0)
+    clip_gradients_(OptimConfig(grad_clip=0.0, gate_clip=gate_clip), [a, b], gate_params=[a, b])
+    assert (a.grad.item(), b.grad.item()) == (3.0, 4.0)

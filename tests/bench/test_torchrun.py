@@ -45,7 +45,9 @@ def test_fsdp_run_resumes_exactly(tmp_path, cache_dir):
     env = dict(os.environ, OMP_NUM_THREADS="1", NORMLAB_BATCH_LOG=str(tmp_path))
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
               "2", str(ENTRY), "train", "--no-progress"]
+    # DyT's α and the GPAS gates are 0-d parameters: FSDP2 keeps them whole on every rank
     first = [*launch, "--preset", "smoke", "--out", str(out), "--set", "train.parallel=fsdp",
+             "--set", "norm.name=dyt", "--set", "placement.name=gpas",
              "--set", f"data.cache_dir={cache_dir}", "--set", "train.steps=6",
              "--set", "train.eval_every=3", "--set", "train.checkpoint_every=3"]
     result = subprocess.run(first, env=env, capture_output=True, text=True, timeout=240)

@@ -1,4 +1,4 @@
-"""The training loop: exact resume, divergence handling, AGC option, metrics files."""
+"""The training loop: exact resume, divergence handling, AGC and gate clipping, metrics files."""
 
 from __future__ import annotations
 
@@ -105,3 +105,39 @@ def test_vit_on_digits_trains(tmp_path, cache_dir):
 def test_fp16_on_cpu_is_refused(tmp_path, cache_dir):
     with pytest.raises(ValueError, match="fp16"):
         train.run(smoke(cache_dir, "precision=fp16", "device=cpu"), tmp_path / "x")
+
+
+def test_gate_clip_caps_the_joint_gpas_gate_gradient(tmp_path, cache_dir, monkeypatch):
+    before, after = [], []
+    real = train.clip_gradients_
+
+    def joint(gates):
+        return math.sqrt(sum(p.grad.double().square().sum().item() for p in gates))
+
+    def spy(cfg, params, *, agc_params, gate_params):
+        assert len(gate_params) == 2  # one shared gate per block of the depth-2 model
+        before.append(joint(gate_params))
+        norm = real(cfg, params, agc_params=agc_params, gate_params=gate_params)
+        after.append(joint(gate_params))
+        return norm
+
+    monkeypatch.setattr(train, "clip_gradients_", spy)
+    cfg = smoke(cache_dir, "placement.name=gpas", "optim.gate_clip=1e-5", "train.steps=3")
+    assert train.run(cfg, tmp_path / "gpas")["status"] == "completed"
+    assert len(after) == 3 and all(b > 1e-5 for b in before)
+    assert after == pytest.approx([1e-5] * 3, rel=1e-3)
+
+
+def test_gate_clip_without_gpas_is_refused(tmp_path, cache_dir):
+    with pytest.raises(ValueError, match=r"optim\.gate_clip"):
+        train.run(smoke(cache_dir, "optim.gate_clip=0.01"), tmp_path / "x")
+
+
+def test_embedding_gain_reaches_the_gpt_and_the_vit_warns():
+    gpt, _ = load_preset("smoke", ["model.embed_gain_init=8"])
+    assert train.build_model(gpt).embed_gain.item() == 8.0
+    assert train.build_model(load_preset("smoke")[0]).embed_gain is None
+    vit, _ = load_preset("vit-quick", ["model.embed_gain_init=8", "model.depth=1",
+                                       "model.dim=16", "model.heads=2"])
+    with pytest.warns(UserWarning, match=r"model\.embed_gain_init"):
+        train.build_model(vit)

@@ -11,11 +11,13 @@ Layout of one checkpoint, `RUN_DIR/checkpoints/step_0000100/`:
 The directory is written under a temporary name and renamed into place (os.replace), then the
 `latest` pointer is replaced atomically: a run killed at any moment leaves the previous
 checkpoint intact. Loading checks every hash, the config and every tensor shape, and refuses
-with a ValueError that names the mismatch.
+with a ValueError that names the mismatch. A config field that the checkpoint's config lacks
+(added to `RunConfig` later) is compared as its default.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,6 +28,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from normlab.bench.config import RunConfig
 
 FORMAT = "normlab.bench.checkpoint"
 VERSION = 1
@@ -180,11 +184,20 @@ def latest(run_dir: Path) -> Path | None:
     return path if path.is_dir() else None
 
 
-def _config_diff(saved: Any, current: Any, prefix: str = "") -> list[str]:
+def _config_diff(saved: Any, current: Any, defaults: Any, prefix: str = "") -> list[str]:
+    """The differences between a saved and the current config, as "field: saved != current".
+
+    A field missing from the saved config (one added to `RunConfig` after the checkpoint was
+    written) counts as its default, taken from `defaults` (same nesting); a key that has no
+    default (inside a kwargs mapping, or a field that was removed) is a difference.
+    """
     if isinstance(saved, dict) and isinstance(current, dict):
+        defaults = defaults if isinstance(defaults, dict) else {}
         diffs = []
         for key in sorted(set(saved) | set(current)):
-            diffs += _config_diff(saved.get(key), current.get(key), f"{prefix}{key}.")
+            default = defaults.get(key)
+            diffs += _config_diff(saved.get(key, default), current.get(key), default,
+                                  f"{prefix}{key}.")
         return diffs
     return [] if saved == current else [f"{prefix.rstrip('.')}: {saved!r} != {current!r}"]
 
@@ -209,7 +222,7 @@ def load(path: Path, *, config: dict[str, Any],
         if _sha256(file) != manifest["files"].get(name):
             raise ValueError(f"checkpoint file {file} does not match the SHA-256 in its manifest "
                              "(modified or truncated after it was written); refusing to load")
-    diffs = _config_diff(manifest["config"], config)
+    diffs = _config_diff(manifest["config"], config, dataclasses.asdict(RunConfig()))
     if diffs:
         raise ValueError(f"checkpoint {path} was written for a different config: "
                          + "; ".join(diffs[:5]))

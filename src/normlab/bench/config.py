@@ -30,7 +30,13 @@ _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 @dataclass
 class ModelConfig:
-    """The network: `gpt` (byte-level causal LM) or `vit` (image classifier)."""
+    """The network: `gpt` (byte-level causal LM) or `vit` (image classifier).
+
+    `bias`, `tie_embeddings` and `embed_gain_init` are the GPT's only; `patch_size`, `pool` and
+    `dual_patchnorm` the ViT's. `embed_gain_init` (None = off) starts a learnable scalar on the
+    token embeddings (`GPTConfig.embed_gain_init`): DyT's LLaMA recipe, which lifts the
+    N(0, 0.02) embedding stream into tanh's active range.
+    """
 
     kind: Literal["gpt", "vit"] = "gpt"
     depth: int = 4
@@ -43,6 +49,7 @@ class ModelConfig:
     patch_size: int = 2
     pool: Literal["cls", "mean"] = "cls"
     dual_patchnorm: bool = False
+    embed_gain_init: float | None = None
 
 
 @dataclass
@@ -67,7 +74,9 @@ class OptimConfig:
 
     `grad_clip` is the global-norm clip (0 disables it). `agc` is the NFNet adaptive clipping
     factor λ (None disables it; 0.01 in the paper), applied per unit before the global clip
-    and never to the final classifier / LM head.
+    and never to the final classifier / LM head. `gate_clip` (0 or None disables it; 0.01 in
+    GPAS's 7B runs) clips one joint L2 norm over the gradients of all GPAS gates, after the
+    global clip, as GPAS's `--clip_gate_grad` does.
     """
 
     lr: float = 3e-3
@@ -78,6 +87,7 @@ class OptimConfig:
     grad_clip: float = 1.0
     agc: float | None = None
     agc_eps: float = 1e-3
+    gate_clip: float | None = 0.0
 
 
 @dataclass
@@ -264,6 +274,12 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ValueError("train.spike_threshold and optim.grad_clip must be >= 0 (0 disables)")
     if cfg.optim.agc is not None and cfg.optim.agc <= 0:
         raise ValueError(f"optim.agc must be positive or null, got {cfg.optim.agc}")
+    if cfg.optim.gate_clip is not None and not cfg.optim.gate_clip >= 0:
+        raise ValueError(f"optim.gate_clip must be >= 0 or null (0 and null turn it off), "
+                         f"got {cfg.optim.gate_clip}")
+    if cfg.model.embed_gain_init is not None and not cfg.model.embed_gain_init > 0:
+        raise ValueError(f"model.embed_gain_init must be positive or null (null: no gain), "
+                         f"got {cfg.model.embed_gain_init}")
     if cfg.train.diagnose_every < 0:
         raise ValueError(f"train.diagnose_every must be >= 0 (0 turns the diagnostics off), "
                          f"got {cfg.train.diagnose_every}")

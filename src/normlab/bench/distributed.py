@@ -63,6 +63,19 @@ def all_sum(values: list[float], d: Dist) -> list[float]:
     return tensor.tolist()
 
 
+def average_gradients_(params: list[torch.Tensor], d: Dist) -> None:
+    """Average the gradients of `params` over ranks, in place (for parameters that no
+    DDP/FSDP wrapper reduces). A missing gradient counts as zeros."""
+    if not d.enabled or not params:
+        return
+    grads = torch.stack([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
+    reduced = grads.to(_comm_device())
+    dist.all_reduce(reduced)
+    reduced = (reduced / d.world).to(grads.device)
+    for p, g in zip(params, reduced, strict=True):
+        p.grad = g.to(p.dtype).reshape(p.shape).clone()
+
+
 def gather_states(state: torch.Tensor, d: Dist) -> list[torch.Tensor]:
     """Every rank's uint8 state tensor (same size on each rank), on CPU, in rank order."""
     if not d.enabled:

@@ -1,14 +1,19 @@
-"""Optimizer pieces of the bench: AdamW parameter groups, the learning-rate schedule and AGC."""
+"""Optimizer pieces of the bench: AdamW groups, the learning-rate schedule and the clipping.
+
+Clipping order in one step: AGC (per unit), then the global norm clip, then the GPAS gate clip.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from normlab.bench.config import OptimConfig, ScheduleConfig
+from normlab.blocks import Block
 
 
 def make_adamw(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
@@ -82,3 +87,47 @@ def classifier_parameters(model: nn.Module) -> set[int]:
     raise ValueError(f"optim.agc needs the final classifier to leave it unclipped, but "
                      f"{type(model).__name__} has no `lm_head` or `head` module; "
                      "set optim.agc=null")
+
+
+def gpas_gate_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of every GPAS gate (`Gate.fn == "gpas"`) of the model's blocks.
+
+    Read from each `Block`'s placement, so the selection follows the declared structure rather
+    than parameter names; a gate shared by both sublayers is listed once. Call it on the module
+    that holds the parameters the optimizer steps (after FSDP's `fully_shard`, which replaces
+    them).
+    """
+    gates: dict[int, nn.Parameter] = {}
+    for block in model.modules():
+        if isinstance(block, Block):
+            for gate in block.placement.gates:
+                if gate.fn == "gpas":
+                    for sublayer in gate.sublayers:
+                        param = block.gates[gate.key(sublayer)]
+                        gates.setdefault(id(param), param)
+    if not gates:
+        raise ValueError(f"optim.gate_clip clips the gradients of GPAS gates, but "
+                         f"{type(model).__name__} has none; use placement.name=gpas or set "
+                         "optim.gate_clip=0")
+    return list(gates.values())
+
+
+def clip_gradients_(cfg: OptimConfig, params: Sequence[nn.Parameter], *,
+                    agc_params: Sequence[nn.Parameter] = (),
+                    gate_params: Sequence[nn.Parameter] = ()) -> Tensor:
+    """Clip the gradients of `params` in place as `cfg` says; returns the pre-clip global norm.
+
+    1. AGC on `agc_params` when `cfg.agc` is set (the caller leaves out the classifier).
+    2. The global L2 norm over `params` clipped to `cfg.grad_clip` (0 = measured only).
+    3. One joint L2 norm over the GPAS gates' gradients, `gate_params`, clipped to
+       `cfg.gate_clip` when it is set and > 0. "GPAS: Accelerating Convergence of LLM
+       Pretraining via Gradient-Preserving Activation Scaling" (Chen et al., NeurIPS 2025); the
+       official code's `--clip_gate_grad` (off by default, 0.01 at 7B) runs after the global
+       clip over all parameters, gates included, as here.
+    """
+    if cfg.agc is not None:
+        adaptive_clip_(agc_params, cfg.agc, cfg.agc_eps)
+    grad_norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
+    if cfg.gate_clip:
+        nn.utils.clip_grad_norm_(gate_params, cfg.gate_clip)
+    return grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm

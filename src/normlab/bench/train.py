@@ -32,7 +32,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from normlab.bench import checkpoint
 from normlab.bench import distributed as D
@@ -40,7 +39,13 @@ from normlab.bench.config import RunConfig
 from normlab.bench.data import DigitsData, load_data
 from normlab.bench.diagnostics import FILE, TrainingDiagnostics
 from normlab.bench.metrics import read_metrics, summarize, write_atomic, write_metrics
-from normlab.bench.optim import adaptive_clip_, classifier_parameters, learning_rate, make_adamw
+from normlab.bench.optim import (
+    classifier_parameters,
+    clip_gradients_,
+    gpas_gate_parameters,
+    learning_rate,
+    make_adamw,
+)
 
 StepCallback = Callable[[int, dict[str, Any]], None]
 
@@ -56,9 +61,14 @@ def build_model(cfg: RunConfig) -> nn.Module:
                   dropout=m.dropout)
     if m.kind == "gpt":
         return GPT(GPTConfig(vocab_size=256, block_size=cfg.data.seq_len, bias=m.bias,
-                             tie_embeddings=m.tie_embeddings, **common))
-    if not (m.bias and m.tie_embeddings):
-        warnings.warn("model.bias and model.tie_embeddings apply to the GPT only; the ViT "
+                             tie_embeddings=m.tie_embeddings, embed_gain_init=m.embed_gain_init,
+                             **common))
+    ignored = [name for name, value, default in (("bias", m.bias, True),
+                                                 ("tie_embeddings", m.tie_embeddings, True),
+                                                 ("embed_gain_init", m.embed_gain_init, None))
+               if value != default]
+    if ignored:
+        warnings.warn(f"model.{', model.'.join(ignored)} apply to the GPT only; the ViT "
                       "ignores them", stacklevel=2)
     return ViT(ViTConfig(image_size=DigitsData.image_size, patch_size=m.patch_size,
                          channels=DigitsData.channels, num_classes=DigitsData.num_classes,
@@ -107,16 +117,26 @@ def _data_seed(seed: int, rank: int) -> int:
     return int.from_bytes(hashlib.sha256(f"data/{seed}/{rank}".encode()).digest()[:8], "big") >> 1
 
 
-def _wrap(model: nn.Module, cfg: RunConfig, d: D.Dist, device: torch.device) -> nn.Module:
+def _replicated_params(model: nn.Module, cfg: RunConfig, d: D.Dist) -> list[nn.Parameter]:
+    """Parameters that FSDP2 leaves whole on every rank: the 0-d ones (DyT's α, scalar gates),
+    which `fully_shard` cannot shard; the loop averages their gradients over ranks itself."""
+    if not (d.enabled and cfg.train.parallel == "fsdp"):
+        return []
+    return [p for p in model.parameters() if p.dim() == 0]
+
+
+def _wrap(model: nn.Module, cfg: RunConfig, d: D.Dist, device: torch.device,
+          replicated: list[nn.Parameter]) -> nn.Module:
     """The module the loop calls: plain, DDP, or FSDP2-sharded in place."""
     if not d.enabled:
         return model
     if cfg.train.parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
+        ignored = set(replicated)
         for block in getattr(model, "blocks", []):
-            fully_shard(block)
-        return fully_shard(model)
+            fully_shard(block, ignored_params=ignored)
+        return fully_shard(model, ignored_params=ignored)
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
@@ -191,9 +211,11 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False,
         raise ValueError("optim.agc needs whole rows and vectors on each rank, but "
                          "train.parallel=fsdp shards them; use train.parallel=ddp or "
                          "optim.agc=null")
-    wrapped = _wrap(model, cfg, d, device)
+    replicated = _replicated_params(model, cfg, d)
+    wrapped = _wrap(model, cfg, d, device, replicated)
     optimizer = make_adamw(model, cfg.optim)  # after fully_shard, which swaps in DTensor params
     head = classifier_parameters(model) if cfg.optim.agc is not None else set()
+    gate_params = gpas_gate_parameters(model) if cfg.optim.gate_clip else []
     probe = TrainingDiagnostics(model, cfg.train, run_dir / FILE, write=d.is_main)
     agc_params = [p for p in model.parameters() if id(p) not in head]
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -270,6 +292,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False,
             with autocast():
                 _, loss = wrapped(inputs, targets)
             (scaler.scale(loss) if scaler is not None else loss).backward()
+        D.average_gradients_(replicated, d)
         (loss_value,) = D.all_sum([loss.detach().float().item() / d.world], d)
         if not math.isfinite(loss_value) or (
                 cfg.train.spike_threshold and loss_value > cfg.train.spike_threshold * running_min):
@@ -281,11 +304,8 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False,
         if scaler is not None:
             scaler.unscale_(optimizer)
         probe.record(done, scaler.get_scale() if scaler is not None else 1.0)
-        if cfg.optim.agc is not None:
-            adaptive_clip_(agc_params, cfg.optim.agc, cfg.optim.agc_eps)
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
-        if isinstance(grad_norm, DTensor):
-            grad_norm = grad_norm.full_tensor()
+        grad_norm = clip_gradients_(cfg.optim, list(model.parameters()),
+                                    agc_params=agc_params, gate_params=gate_params)
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
