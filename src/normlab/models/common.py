@@ -1,9 +1,11 @@
-"""What the GPT and the ViT share: config checks, norm construction by position, counting."""
+"""What the GPT and the ViT share: the block-stack config, norm construction by position,
+counting."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -17,9 +19,9 @@ def check_config(
     dyt_alpha_init: Sequence[float] | None, architecture: str,
 ) -> tuple[float, float, float] | None:
     """Check a model config; return `dyt_alpha_init` as a tuple. Errors name the fix."""
-    for field, value in (("depth", depth), ("dim", dim), ("heads", heads)):
+    for key, value in (("depth", depth), ("dim", dim), ("heads", heads)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name}.{field} must be a positive int, got {value!r}")
+            raise ValueError(f"{name}.{key} must be a positive int, got {value!r}")
     if dim % heads:
         raise ValueError(f"{name}: dim={dim} must be divisible by heads={heads}")
     if not mlp_ratio > 0:
@@ -41,6 +43,42 @@ def check_config(
             f"got {dyt_alpha_init!r}"
         )
     return alphas
+
+
+@dataclass
+class StackConfig:
+    """The fields every model has: its blocks' shape, norm and placement.
+
+    Attributes:
+        depth, dim, heads, mlp_ratio: L blocks of width D with H heads and an MLP of D·mlp_ratio.
+        norm, norm_kwargs: a registered norm name (`normlab.list_norms()`) and its arguments,
+            used in every norm slot.
+        placement, placement_kwargs: a scheme of `normlab.blocks.SCHEMES` and its options.
+        dropout: embedding, attention and residual-branch dropout.
+        dyt_alpha_init: (attn, ffn, final) α₀ of DyT by position, the LLaMA recipe of
+            "Transformers without Normalization" (e.g. (0.8, 0.2, 0.2) at 7B); norm="dyt" only.
+    """
+
+    architecture: ClassVar[str]  # "decoder" | "encoder": selects DeepNorm's constants
+
+    depth: int = 4
+    dim: int = 128
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    norm: str = "layernorm"
+    norm_kwargs: dict[str, Any] = field(default_factory=dict)
+    placement: str = "pre"
+    placement_kwargs: dict[str, Any] = field(default_factory=dict)
+    dropout: float = 0.0
+    dyt_alpha_init: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        self.dyt_alpha_init = check_config(
+            type(self).__name__, norm=self.norm, placement=self.placement,
+            placement_kwargs=self.placement_kwargs, depth=self.depth, dim=self.dim,
+            heads=self.heads, mlp_ratio=self.mlp_ratio, dropout=self.dropout,
+            dyt_alpha_init=self.dyt_alpha_init, architecture=self.architecture,
+        )
 
 
 def norm_kwargs_by_position(

@@ -11,8 +11,8 @@ token embedding by default).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -20,47 +20,37 @@ from torch import Tensor, nn
 
 from normlab.blocks import Block, resolve_layout
 from normlab.blocks.init import init_block, init_embedding, init_linear
-from normlab.models.common import apply_norm, check_config, count_params, norm_kwargs_by_position
+from normlab.models.common import (
+    StackConfig,
+    apply_norm,
+    count_params,
+    norm_kwargs_by_position,
+)
 from normlab.norms import make_norm
 
 IGNORE_INDEX = -100
 
 
 @dataclass
-class GPTConfig:
-    """The GPT's shape, norm and placement.
+class GPTConfig(StackConfig):
+    """The GPT's shape, norm and placement (the shared fields: `StackConfig`).
 
     Attributes:
         vocab_size, block_size: vocabulary V and the longest sequence T.
-        depth, dim, heads, mlp_ratio: L blocks of width D with H heads and an MLP of D·mlp_ratio.
-        norm, norm_kwargs: a registered norm name (`normlab.list_norms()`) and its arguments,
-            used in every norm slot.
-        placement, placement_kwargs: a scheme of `normlab.blocks.SCHEMES` and its options.
-        dropout: embedding, attention and residual-branch dropout.
         bias: biases in the Linears of the blocks (norms take theirs from `norm_kwargs`).
         tie_embeddings: the LM head shares the token embedding matrix.
-        dyt_alpha_init: (attn, ffn, final) α₀ of DyT by position, the LLaMA recipe of
-            "Transformers without Normalization" (e.g. (0.8, 0.2, 0.2) at 7B); norm="dyt" only.
         embed_gain_init: if set, a learnable scalar multiplies the token embeddings, starting
             at this value: DyT's LLaMA recipe uses √D, because an elementwise norm cannot
             rescale an N(0, 0.02) stream into tanh's active range. At small widths √D·0.02 is
             still far below 1 (D = 64: 0.16), so larger values may be needed there.
     """
 
+    architecture: ClassVar[str] = "decoder"
+
     vocab_size: int = 256
     block_size: int = 256
-    depth: int = 4
-    dim: int = 128
-    heads: int = 4
-    mlp_ratio: float = 4.0
-    norm: str = "layernorm"
-    norm_kwargs: dict[str, Any] = field(default_factory=dict)
-    placement: str = "pre"
-    placement_kwargs: dict[str, Any] = field(default_factory=dict)
-    dropout: float = 0.0
     bias: bool = True
     tie_embeddings: bool = True
-    dyt_alpha_init: tuple[float, float, float] | None = None
     embed_gain_init: float | None = None
 
     def __post_init__(self) -> None:
@@ -72,12 +62,7 @@ class GPTConfig:
             raise ValueError(
                 f"GPTConfig.embed_gain_init must be > 0 or None, got {self.embed_gain_init!r}"
             )
-        self.dyt_alpha_init = check_config(
-            "GPTConfig", norm=self.norm, placement=self.placement,
-            placement_kwargs=self.placement_kwargs, depth=self.depth, dim=self.dim,
-            heads=self.heads, mlp_ratio=self.mlp_ratio, dropout=self.dropout,
-            dyt_alpha_init=self.dyt_alpha_init, architecture="decoder",
-        )
+        super().__post_init__()
 
 
 class GPT(nn.Module):

@@ -10,8 +10,8 @@ laid out by the placement scheme, a final norm where the scheme has one, and a l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,44 +19,37 @@ from torch import Tensor, nn
 
 from normlab.blocks import Block, resolve_layout
 from normlab.blocks.init import init_block, init_embedding, init_linear
-from normlab.models.common import apply_norm, check_config, count_params, norm_kwargs_by_position
+from normlab.models.common import (
+    StackConfig,
+    apply_norm,
+    count_params,
+    norm_kwargs_by_position,
+)
 from normlab.norms import make_norm
 
 
 @dataclass
-class ViTConfig:
-    """The ViT's shape, norm and placement.
+class ViTConfig(StackConfig):
+    """The ViT's shape, norm and placement (the shared fields: `StackConfig`; width 64 here).
 
     Attributes:
         image_size, patch_size, channels: square H = W = image_size, divisible by patch_size P.
         num_classes: the classifier's outputs.
-        depth, dim, heads, mlp_ratio: L blocks of width D with H heads and an MLP of D·mlp_ratio.
-        norm, norm_kwargs: a registered norm name and its arguments, used in every norm slot.
-        placement, placement_kwargs: a scheme of `normlab.blocks.SCHEMES` and its options.
         dual_patchnorm: normalize the flattened patches (width P²·C) before the patch
             embedding and its output (width D) after, with `norm` ("Dual PatchNorm", Kumar,
             Dehghani, Houlsby, TMLR 2023; the paper uses LayerNorm).
         pool: "cls" (a class token) or "mean" (the mean of the patch tokens).
-        dropout: embedding, attention and residual-branch dropout.
-        dyt_alpha_init: (attn, ffn, final) α₀ of DyT by position; norm="dyt" only.
     """
 
+    architecture: ClassVar[str] = "encoder"
+
+    dim: int = 64
     image_size: int = 8
     patch_size: int = 2
     channels: int = 1
     num_classes: int = 10
-    depth: int = 4
-    dim: int = 64
-    heads: int = 4
-    mlp_ratio: float = 4.0
-    norm: str = "layernorm"
-    norm_kwargs: dict[str, Any] = field(default_factory=dict)
-    placement: str = "pre"
-    placement_kwargs: dict[str, Any] = field(default_factory=dict)
     dual_patchnorm: bool = False
     pool: Literal["cls", "mean"] = "cls"
-    dropout: float = 0.0
-    dyt_alpha_init: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "channels", "num_classes"):
@@ -70,12 +63,7 @@ class ViTConfig:
             )
         if self.pool not in ("cls", "mean"):
             raise ValueError(f"ViTConfig.pool must be 'cls' or 'mean', got {self.pool!r}")
-        self.dyt_alpha_init = check_config(
-            "ViTConfig", norm=self.norm, placement=self.placement,
-            placement_kwargs=self.placement_kwargs, depth=self.depth, dim=self.dim,
-            heads=self.heads, mlp_ratio=self.mlp_ratio, dropout=self.dropout,
-            dyt_alpha_init=self.dyt_alpha_init, architecture="encoder",
-        )
+        super().__post_init__()
 
     @property
     def num_patches(self) -> int:
