@@ -67,3 +67,17 @@ def test_smoke_bench_report_matches_the_metrics(tmp_path, cache_dir):
     assert cli.main(["train", "--resume", str(arm), "--no-progress"]) == 0
     assert (arm / "metrics.jsonl").read_text() == metrics
     assert read_metrics(arm / "metrics.jsonl")[-1]["kind"] == "eval"
+
+
+def test_ci95_is_the_t_interval_of_the_mean():
+    from normlab.bench.report import ci95_half_width
+
+    assert ci95_half_width([2.0]) is None
+    # n = 3: t(0.975, 2) = 4.303, s = 1 -> 4.303 / sqrt(3)
+    assert abs(ci95_half_width([1.0, 2.0, 3.0]) - 4.303 / 3**0.5) < 1e-9
+    # n = 2: t(0.975, 1) = 12.706; [0, 1] has s = 1/√2, so 12.706 · (1/√2)/√2 = 12.706 / 2
+    assert abs(ci95_half_width([0.0, 1.0]) - 12.706 * 0.5) < 1e-9
+    # past 30 degrees of freedom the normal quantile is used
+    values = [float(i % 2) for i in range(40)]
+    expected = 1.960 * statistics.stdev(values) / 40**0.5
+    assert abs(ci95_half_width(values) - expected) < 1e-12

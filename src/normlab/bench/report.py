@@ -114,6 +114,21 @@ def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+# Student's t 0.975 quantiles for 1..30 degrees of freedom; past 30 the normal 1.960 is used.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def ci95_half_width(values: list[float]) -> float | None:
+    """Half-width of the 95 % t-interval of the mean, t(0.975, n-1)·s/√n; None below 2 values."""
+    n = len(values)
+    if n < 2:
+        return None
+    t = _T975[n - 2] if n - 1 <= len(_T975) else 1.960
+    return t * statistics.stdev(values) / n**0.5
+
+
 def arm_row(arm: Arm, baseline: Arm | None) -> dict[str, Any]:
     losses = [r.summary["final_val_loss"] for r in arm.completed]
     speed = _mean([r.summary["tokens_per_s"] for r in arm.runs if r.summary["tokens_per_s"]])
@@ -130,6 +145,7 @@ def arm_row(arm: Arm, baseline: Arm | None) -> dict[str, Any]:
         "completed": len(arm.completed),
         "val_loss_mean": _mean(losses),
         "val_loss_std": statistics.stdev(losses) if len(losses) > 1 else None,
+        "val_loss_ci95": ci95_half_width(losses),
         "val_loss_min": min(losses, default=None),
         "val_loss_max": max(losses, default=None),
         "tokens_per_s": speed,
@@ -259,13 +275,16 @@ def markdown(table: dict[str, Any], plots: list[str], normalization_plot: str | 
     lines += ["", f"Speed and memory are relative to `{base}`." if base else
               "No pre/layernorm baseline among the runs: relative columns are empty.", ""]
     has_acc = any("val_acc_mean" in r for r in rows)
-    header = ["#", "arm", "final val loss (mean ± std)", "min – max", "n"]
+    header = ["#", "arm", "final val loss (mean ± std)", "95 % CI", "min – max", "n"]
     header += ["val acc"] if has_acc else []
     header += ["tokens/s", "× speed", "peak mem (MiB)", "× mem", "status"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, r in enumerate(rows, 1):
         spread = f" ± {_fmt(r['val_loss_std'])}" if r["val_loss_std"] is not None else ""
-        cells = [str(i), f"`{r['arm']}`", _fmt(r["val_loss_mean"]) + spread,
+        ci = r["val_loss_ci95"]
+        interval = "—" if ci is None else (
+            f"{_fmt(r['val_loss_mean'] - ci)} – {_fmt(r['val_loss_mean'] + ci)}")
+        cells = [str(i), f"`{r['arm']}`", _fmt(r["val_loss_mean"]) + spread, interval,
                  f"{_fmt(r['val_loss_min'])} – {_fmt(r['val_loss_max'])}",
                  f"{r['completed']}/{len(r['seeds'])}"]
         cells += [_fmt(r.get("val_acc_mean"), ".3f")] if has_acc else []
@@ -274,7 +293,8 @@ def markdown(table: dict[str, Any], plots: list[str], normalization_plot: str | 
                   _fmt(mem, ",.1f"), _fmt(r["mem_rel"], ".2f"), _status(r)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Final validation loss: the last evaluation of each completed run; std is the "
-              "sample standard deviation over seeds. Peak memory is CUDA max_memory_allocated, or "
+              "sample standard deviation over seeds and the 95 % CI the t-interval of the mean "
+              "(t(0.975, n−1)·std/√n). Peak memory is CUDA max_memory_allocated, or "
               "the process RSS on CPU (which includes the Python and torch baseline).", ""]
     lines += [f"![{Path(p).stem}]({p})" for p in plots]
     lines += ["", *normalization_section(table, normalization_plot)]
