@@ -11,6 +11,26 @@ import triton.language as tl
 
 
 @triton.jit
+def _affine_store(y, W, B, Y, cols, offs, mask, HAS_W: tl.constexpr, HAS_B: tl.constexpr):
+    """Y[offs] = y·w + b (each optional) in Y's dtype: the forward kernels' epilogue."""
+    if HAS_W:
+        y = y * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_B:
+        y = y + tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _store_partials(dw_acc, db_acc, DW_PART, DB_PART, pid, n_cols, cols, mask,
+                    HAS_W: tl.constexpr, HAS_B: tl.constexpr):
+    """This program's partial dweight/dbias row; torch sums the rows of all programs."""
+    if HAS_W:
+        tl.store(DW_PART + pid * n_cols + cols, dw_acc, mask=mask)
+    if HAS_B:
+        tl.store(DB_PART + pid * n_cols + cols, db_acc, mask=mask)
+
+
+@triton.jit
 def norm_fwd_kernel(
     X, RES, W, B, Y, H, MEAN, RSTD,
     n_cols, eps,
@@ -38,11 +58,7 @@ def norm_fwd_kernel(
     rstd = 1.0 / tl.sqrt(var + eps)
     tl.store(RSTD + row, rstd)
     y = centred * rstd
-    if HAS_W:
-        y = y * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-    if HAS_B:
-        y = y + tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+    _affine_store(y, W, B, Y, cols, offs, mask, HAS_W, HAS_B)
 
 
 @triton.jit
@@ -82,10 +98,7 @@ def norm_bwd_kernel(
             dw_acc += dy * xhat
         if HAS_B:
             db_acc += dy
-    if HAS_W:
-        tl.store(DW_PART + pid * n_cols + cols, dw_acc, mask=mask)
-    if HAS_B:
-        tl.store(DB_PART + pid * n_cols + cols, db_acc, mask=mask)
+    _store_partials(dw_acc, db_acc, DW_PART, DB_PART, pid, n_cols, cols, mask, HAS_W, HAS_B)
 
 
 @triton.jit
@@ -108,11 +121,7 @@ def dyt_fwd_kernel(
     offs = row * n_cols + cols
     alpha = tl.load(ALPHA).to(tl.float32)
     y = _tanh(alpha * tl.load(X + offs, mask=mask, other=0.0).to(tl.float32))
-    if HAS_W:
-        y = y * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-    if HAS_B:
-        y = y + tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+    _affine_store(y, W, B, Y, cols, offs, mask, HAS_W, HAS_B)
 
 
 @triton.jit
@@ -146,10 +155,7 @@ def dyt_bwd_kernel(
         if HAS_B:
             db_acc += dy
     tl.store(DA_PART + pid, tl.sum(da_acc, axis=0))
-    if HAS_W:
-        tl.store(DW_PART + pid * n_cols + cols, dw_acc, mask=mask)
-    if HAS_B:
-        tl.store(DB_PART + pid * n_cols + cols, db_acc, mask=mask)
+    _store_partials(dw_acc, db_acc, DW_PART, DB_PART, pid, n_cols, cols, mask, HAS_W, HAS_B)
 
 
 def block_size(n_cols: int) -> int:
