@@ -35,6 +35,7 @@ import torch  # noqa: E402  (after the re-exec)
 from torch import nn  # noqa: E402
 
 from normlab import kernels  # noqa: E402
+from normlab.kernels import cpu  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "norm_kernels.csv"
 MODES = ("fwd", "bwd", "fwd+bwd")
@@ -99,7 +100,8 @@ def providers(op: str, d: int, device: str, dtype, use_compile: bool):
         if use_compile:
             compiled = torch.compile(dyt_eager)
             out["compile(DyT)"] = lambda x, r: compiled(x, alpha, w, b)
-    backends = ["torch", "reference"] + (["triton"] if device == "cuda" else [])
+    native = ["triton"] if device == "cuda" else (["cpp"] if cpu.available() else [])
+    backends = ["torch", *native, "reference"]
     for name in backends:
         if op == "rms_norm":
             out[f"normlab[{name}]"] = lambda x, r, n=name: kernels.rms_norm(x, w, backend=n)

@@ -6,10 +6,18 @@ al. 2016; RMSNorm with eps inside the root as LLaMA / torch.nn.RMSNorm), not fro
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import Tensor
 
 from normlab import kernels
+from normlab.kernels import cpu
+
+# The CPU backends; "cpp" is skipped where the C++ kernels are not built.
+CPP = pytest.param(
+    "cpp", marks=pytest.mark.skipif(not cpu.available(), reason=cpu.reason() or "built")
+)
+CPU_BACKENDS = ["torch", CPP]
 
 OPS = ("rms_norm", "layer_norm", "dyt", "add_rms_norm", "add_layer_norm")
 EPS = {"rms_norm": 1e-6, "layer_norm": 1e-5, "add_rms_norm": 1e-6, "add_layer_norm": 1e-5}

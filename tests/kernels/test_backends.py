@@ -1,10 +1,12 @@
-"""The "torch" and "reference" backends against independent float64 references and each other."""
+"""The CPU backends ("torch", "cpp", "reference") against independent float64 references and
+each other."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from tests.kernels.cases import (
+    CPU_BACKENDS,
     OPS,
     TOL,
     assert_close,
@@ -22,7 +24,7 @@ SHAPES = [(3, 7, 33), (5, 1), (2, 4, 1000), (17,)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("backend", [*CPU_BACKENDS, "reference"])
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -38,10 +40,11 @@ def test_matches_reference_with_grads(backend, op, shape, dtype, affine):
         assert_close(g, ge, dtype, f"{op} d{name}", scale=4.0)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("op", OPS)
-def test_torch_backend_equals_functional(op):
+def test_fast_backends_equal_functional(backend, op):
     inputs = make_inputs(op, (4, 9, 48), torch.float32)
-    fast = call(op, inputs, "torch")
+    fast = call(op, inputs, backend)
     slow = call(op, inputs, "reference")
     for f, s in zip(fast, slow, strict=True):
         torch.testing.assert_close(f, s, atol=2e-6, rtol=2e-6)
@@ -49,11 +52,12 @@ def test_torch_backend_equals_functional(op):
         torch.testing.assert_close(gf, gs, atol=2e-5, rtol=2e-5)
 
 
-def test_mixed_precision_params():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_mixed_precision_params(backend):
     # bfloat16 activations with float32 parameters: parameter gradients stay float32.
     for op in OPS:
         inputs = make_inputs(op, (3, 5, 40), torch.bfloat16, param_dtype=torch.float32)
-        out = call(op, inputs, "torch")
+        out = call(op, inputs, backend)
         expected = reference(op, inputs)
         for o, e in zip(out, expected, strict=True):
             assert o.dtype == torch.bfloat16
@@ -63,15 +67,16 @@ def test_mixed_precision_params():
             assert_close(g, ge, torch.bfloat16, f"{op} d{name}", scale=4.0)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("op", OPS)
-def test_gradcheck_float64(op):
+def test_gradcheck_float64(backend, op):
     for affine in (True, False):
         inputs = make_inputs(op, (2, 3, 8), torch.float64, weight=affine, bias=affine)
         names = [k for k, v in inputs.items() if v is not None]
         absent = _nones(inputs)
 
         def fn(*tensors, names=names, absent=absent):
-            return call(op, dict(zip(names, tensors, strict=True)) | absent, "torch")
+            return call(op, dict(zip(names, tensors, strict=True)) | absent, backend)
 
         assert torch.autograd.gradcheck(fn, tuple(inputs[k] for k in names))
 
@@ -80,32 +85,35 @@ def _nones(inputs):
     return {k: None for k, v in inputs.items() if v is None}
 
 
-def test_equals_torch_layers():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_equals_torch_layers(backend):
     x = torch.randn(6, 10, 64)
     ln = torch.nn.LayerNorm(64)
     rms = torch.nn.RMSNorm(64, eps=1e-6)
     with torch.no_grad():
         ln.weight.normal_(), ln.bias.normal_(), rms.weight.normal_()
-    torch.testing.assert_close(kernels.layer_norm(x, ln.weight, ln.bias, backend="torch"), ln(x))
-    torch.testing.assert_close(kernels.rms_norm(x, rms.weight, backend="torch"), rms(x))
+    torch.testing.assert_close(kernels.layer_norm(x, ln.weight, ln.bias, backend=backend), ln(x))
+    torch.testing.assert_close(kernels.rms_norm(x, rms.weight, backend=backend), rms(x))
 
 
-def test_rms_scale_invariance_and_ln_shift_invariance():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_rms_scale_invariance_and_ln_shift_invariance(backend):
     x = torch.randn(8, 96, dtype=torch.float64)
     w = torch.randn(96, dtype=torch.float64)
-    y = kernels.rms_norm(x, w, eps=0.0, backend="torch")
-    torch.testing.assert_close(kernels.rms_norm(7.5 * x, w, eps=0.0, backend="torch"), y)
-    z = kernels.layer_norm(x, w, eps=0.0, backend="torch")
-    torch.testing.assert_close(kernels.layer_norm(x - 3.0, w, eps=0.0, backend="torch"), z)
+    y = kernels.rms_norm(x, w, eps=0.0, backend=backend)
+    torch.testing.assert_close(kernels.rms_norm(7.5 * x, w, eps=0.0, backend=backend), y)
+    z = kernels.layer_norm(x, w, eps=0.0, backend=backend)
+    torch.testing.assert_close(kernels.layer_norm(x - 3.0, w, eps=0.0, backend=backend), z)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("alpha", [0.0, -0.8, 40.0])
-def test_dyt_edge_alphas_and_saturation(alpha):
+def test_dyt_edge_alphas_and_saturation(backend, alpha):
     x = torch.cat([torch.randn(4, 16), torch.full((1, 16), 1e4), torch.full((1, 16), -1e4)])
     x = x.double().requires_grad_()
     a = torch.tensor(alpha, dtype=torch.float64, requires_grad=True)
     w = torch.randn(16, dtype=torch.float64, requires_grad=True)
-    y = kernels.dyt(x, a, w, None, backend="torch")
+    y = kernels.dyt(x, a, w, None, backend=backend)
     ref = w * torch.tanh(a * x)
     torch.testing.assert_close(y, ref, atol=1e-12, rtol=1e-12)
     g = torch.randn_like(y)
@@ -114,21 +122,23 @@ def test_dyt_edge_alphas_and_saturation(alpha):
         torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
 
 
-def test_dyt_float_alpha_and_functional_equivalence():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_dyt_float_alpha_and_functional_equivalence(backend):
     x = torch.randn(3, 20)
     torch.testing.assert_close(
-        kernels.dyt(x, 0.5, backend="torch"), F.dyt(x, 0.5), atol=1e-6, rtol=1e-6
+        kernels.dyt(x, 0.5, backend=backend), F.dyt(x, 0.5), atol=1e-6, rtol=1e-6
     )
 
 
-def test_noncontiguous_input_and_empty_batch():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_noncontiguous_input_and_empty_batch(backend):
     x = torch.randn(12, 8).t()  # (8, 12), not contiguous
     w = torch.randn(12)
     torch.testing.assert_close(
-        kernels.rms_norm(x, w, backend="torch"), F.rms_norm(x, w), atol=1e-6, rtol=1e-6
+        kernels.rms_norm(x, w, backend=backend), F.rms_norm(x, w), atol=1e-6, rtol=1e-6
     )
     empty = torch.randn(0, 4, 12, requires_grad=True)
-    y = kernels.rms_norm(empty, w, backend="torch")
+    y = kernels.rms_norm(empty, w, backend=backend)
     assert y.shape == (0, 4, 12)
     y.sum().backward()
     assert empty.grad.shape == empty.shape

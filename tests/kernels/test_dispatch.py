@@ -10,7 +10,7 @@ import torch
 
 from normlab import kernels
 from normlab.kernels import backend as B
-from normlab.kernels import dispatch
+from normlab.kernels import cpu, dispatch
 
 
 def _spy(monkeypatch):
@@ -24,6 +24,10 @@ def _spy(monkeypatch):
             return _orig(*a, **k)
 
         monkeypatch.setattr(mod, "rms_norm", wrapped)
+    orig_compiled = dispatch._compiled
+    monkeypatch.setattr(
+        dispatch, "_compiled", lambda name: (seen.append(name), orig_compiled(name))[1]
+    )
     return seen
 
 
@@ -32,7 +36,7 @@ def test_precedence_argument_context_env_auto(monkeypatch):
     x = torch.randn(2, 8)
     monkeypatch.delenv(B.ENV_VAR, raising=False)
     kernels.rms_norm(x)
-    assert seen[-1] == "torch"  # auto on CPU
+    assert seen[-1] == ("cpp" if cpu.available() else "torch")  # auto on CPU
     monkeypatch.setenv(B.ENV_VAR, "reference")
     kernels.rms_norm(x)
     assert seen[-1] == "reference"
@@ -46,7 +50,7 @@ def test_precedence_argument_context_env_auto(monkeypatch):
 
 
 def test_unknown_backend_names_the_choices(monkeypatch):
-    with pytest.raises(ValueError, match="auto, torch, triton, reference"):
+    with pytest.raises(ValueError, match="auto, torch, cpp, triton, reference"):
         kernels.rms_norm(torch.randn(2, 4), backend="cuda")
     with pytest.raises(ValueError, match="unknown kernel backend"), kernels.use_backend("fast"):
         pass
@@ -106,7 +110,7 @@ def test_import_does_not_import_triton():
 
 def test_residual_ops_return_the_new_residual():
     x, r = torch.randn(3, 16), torch.randn(3, 16)
-    for name in ("torch", "reference"):
+    for name in ("torch", "reference", *(["cpp"] if cpu.available() else [])):
         y, h = kernels.add_layer_norm(x, r, backend=name)
         torch.testing.assert_close(h, x + r)
         torch.testing.assert_close(y, kernels.layer_norm(x + r, backend="reference"))

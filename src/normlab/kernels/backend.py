@@ -8,8 +8,8 @@ Precedence, highest first:
 4. "auto".
 
 "auto" picks "triton" for CUDA tensors when Triton can be imported (and the call is one the
-Triton kernels cover), else "torch". Nothing here imports Triton: `triton_available()` only
-looks for the package.
+Triton kernels cover), "cpp" for CPU tensors when the C++ kernels are built, else "torch".
+Nothing here imports Triton: `triton_available()` only looks for the package.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from functools import cache
 from typing import Literal
 
-Backend = Literal["auto", "torch", "triton", "reference"]
-BACKENDS: tuple[str, ...] = ("auto", "torch", "triton", "reference")
+Backend = Literal["auto", "torch", "cpp", "triton", "reference"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "cpp", "triton", "reference")
 ENV_VAR = "NORMLAB_KERNEL_BACKEND"
 
 _forced: list[str] = []

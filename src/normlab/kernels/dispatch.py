@@ -11,7 +11,8 @@ Triton); `weight`/`bias` are optional (D,) tensors. Every op is differentiable i
 The numerics are those of `normlab.norms.functional`: statistics in float32 for half inputs,
 the output in the input dtype. The residual ops return the new residual h = x + residual
 (rounded to the input dtype) and normalize that rounded h, as a pre-norm block needs.
-See `normlab.kernels.backend` for how the backend is chosen.
+See `normlab.kernels.backend` for how the backend is chosen. "cpp" and "triton" run the
+compiled kernels through the same two entry points, `norm` and `dyt` (normlab.kernels.op_rules).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from normlab.kernels import reference
+from normlab.kernels import cpu, reference
 from normlab.kernels import torch_backend as fast
 from normlab.kernels.backend import requested_backend, triton_available, triton_interpreted
 
@@ -70,11 +71,18 @@ def _check_residual(op: str, x: Tensor, residual: Tensor) -> None:
 def _resolve(op: str, backend: str | None, x: Tensor) -> str:
     name = requested_backend(backend)
     if name == "auto":
+        if x.device.type == "cpu":
+            return "cpp" if cpu.available() else "torch"
         use_triton = (
             x.is_cuda and triton_available() and x.dtype in _TRITON_DTYPES
             and x.shape[-1] <= _TRITON_MAX_DIM
         )
         return "triton" if use_triton else "torch"
+    if name == "cpp":
+        if x.device.type != "cpu":
+            raise ValueError(f"{op}: backend='cpp' runs on CPU tensors; x is on {x.device}")
+        if not cpu.available():
+            raise RuntimeError(f"{op}: backend='cpp': {cpu.reason()}; use backend='torch'")
     if name == "triton":
         if not triton_available():
             raise RuntimeError(
@@ -95,10 +103,13 @@ def _resolve(op: str, backend: str | None, x: Tensor) -> str:
     return name
 
 
-def _triton():
+def _compiled(name: str):
+    """The `norm`/`dyt` entry points of the "cpp" or "triton" ops."""
+    if name == "cpp":
+        return cpu.entry_points()
     from normlab.kernels.triton import ops  # imports triton: only when a call needs it
 
-    return ops
+    return ops.norm, ops.dyt
 
 
 def _rows(x: Tensor) -> Tensor:
@@ -115,8 +126,9 @@ def _norm(
     if name == "reference":
         return getattr(reference, kind)(x, weight, bias, eps)
     rows = _rows(x)
-    if name == "triton":
-        y, _ = _triton().norm(rows, None, weight, bias, eps, rms=kind == "rms_norm")
+    if name in ("cpp", "triton"):
+        norm, _ = _compiled(name)
+        y, _ = norm(rows, None, weight, bias, eps, rms=kind == "rms_norm")
     else:
         y = getattr(fast, kind)(rows, weight, bias, eps)
     return y.view(x.shape)
@@ -130,8 +142,9 @@ def _add_norm(
     _check_residual(op, x, residual)
     eps = _check_eps(op, eps)
     name = _resolve(op, backend, x)
-    if name == "triton":
-        y, h = _triton().norm(_rows(x), _rows(residual), weight, bias, eps, rms=kind == "rms_norm")
+    if name in ("cpp", "triton"):
+        norm, _ = _compiled(name)
+        y, h = norm(_rows(x), _rows(residual), weight, bias, eps, rms=kind == "rms_norm")
         return y.view(x.shape), h.view(x.shape)
     h = x + residual
     norm: Callable = getattr(reference if name == "reference" else fast, kind)
@@ -181,10 +194,11 @@ def dyt(
     if name == "reference":
         return reference.dyt(x, alpha, weight, bias)
     rows = _rows(x)
-    if name == "triton":
+    if name in ("cpp", "triton"):
         if not isinstance(alpha, Tensor):
             alpha = torch.tensor(float(alpha), device=x.device)
-        y = _triton().dyt(rows, alpha, weight, bias)
+        _, dyt_rows = _compiled(name)
+        y = dyt_rows(rows, alpha, weight, bias)
     else:
         y = fast.dyt(rows, alpha, weight, bias)
     return y.view(x.shape)

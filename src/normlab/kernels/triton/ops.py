@@ -5,8 +5,7 @@
     normlab::dyt_fwd(x, alpha, weight?, bias?) -> y
     normlab::dyt_bwd(dy, x, alpha, weight?, has_bias) -> (dx, dalpha32, dw32, db32)
 
-Inputs are (M, D) rows, contiguous. `h` is x + residual (empty without a residual), `mean` is
-empty for RMSNorm; parameter gradients come back in float32 and the autograd rule casts them.
+The fake and autograd rules are `normlab.kernels.op_rules`, shared with the C++ CPU ops.
 Being custom ops, torch.compile traces them as opaque nodes and `opcheck` can test them.
 Annotations stay unevaluated-free (no `from __future__ import annotations`): the schema is
 inferred from them at registration.
@@ -16,6 +15,7 @@ import torch
 import triton
 from torch import Tensor
 
+from normlab.kernels import op_rules
 from normlab.kernels.triton import kernels as K
 
 
@@ -53,13 +53,6 @@ def norm_fwd(
     return y, h, mean, rstd
 
 
-@norm_fwd.register_fake
-def _(x, residual, weight, bias, eps, rms):
-    m = x.shape[0]
-    h = torch.empty_like(x) if residual is not None else x.new_empty(0)
-    return torch.empty_like(x), h, _f32(x, 0 if rms else m), _f32(x, m)
-
-
 @torch.library.custom_op("normlab::norm_bwd", mutates_args=())
 def norm_bwd(
     dy: Tensor, dh: Tensor | None, x: Tensor, weight: Tensor | None, mean: Tensor,
@@ -83,41 +76,6 @@ def norm_bwd(
     return dx, dw, db
 
 
-@norm_bwd.register_fake
-def _(dy, dh, x, weight, mean, rstd, has_bias, rms):
-    d = x.shape[1]
-    return (
-        torch.empty_like(x), _f32(x, d if weight is not None else 0), _f32(x, d if has_bias else 0)
-    )
-
-
-def _norm_setup(ctx, inputs, output) -> None:
-    x, residual, weight, bias, _, rms = inputs
-    _, h, mean, rstd = output
-    ctx.save_for_backward(x if residual is None else h, weight, mean, rstd)
-    ctx.rms = rms
-    ctx.has_residual = residual is not None
-    ctx.bias_dtype = None if bias is None else bias.dtype
-
-
-def _norm_backward(ctx, dy, dh, _dmean, _drstd):
-    x, weight, mean, rstd = ctx.saved_tensors
-    dy = torch.zeros_like(x) if dy is None else dy.contiguous()
-    dh = dh.contiguous() if ctx.has_residual and dh is not None else None
-    dx, dw, db = norm_bwd(dy, dh, x, weight, mean, rstd, ctx.bias_dtype is not None, ctx.rms)
-    return (
-        dx,
-        dx if ctx.has_residual else None,
-        None if weight is None else dw.to(weight.dtype),
-        None if ctx.bias_dtype is None else db.to(ctx.bias_dtype),
-        None,
-        None,
-    )
-
-
-norm_fwd.register_autograd(_norm_backward, setup_context=_norm_setup)
-
-
 @torch.library.custom_op("normlab::dyt_fwd", mutates_args=())
 def dyt_fwd(x: Tensor, alpha: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
     m, d = x.shape
@@ -130,11 +88,6 @@ def dyt_fwd(x: Tensor, alpha: Tensor, weight: Tensor | None, bias: Tensor | None
             num_warps=K.num_warps(block),
         )
     return y
-
-
-@dyt_fwd.register_fake
-def _(x, alpha, weight, bias):
-    return torch.empty_like(x)
 
 
 @torch.library.custom_op("normlab::dyt_bwd", mutates_args=())
@@ -159,48 +112,5 @@ def dyt_bwd(
     return dx, da_part.sum(), dw, db
 
 
-@dyt_bwd.register_fake
-def _(dy, x, alpha, weight, has_bias):
-    d = x.shape[1]
-    return (
-        torch.empty_like(x), x.new_empty((), dtype=torch.float32),
-        _f32(x, d if weight is not None else 0), _f32(x, d if has_bias else 0),
-    )
-
-
-def _dyt_setup(ctx, inputs, output) -> None:
-    x, alpha, weight, bias = inputs
-    ctx.save_for_backward(x, alpha, weight)
-    ctx.bias_dtype = None if bias is None else bias.dtype
-
-
-def _dyt_backward(ctx, dy):
-    x, alpha, weight = ctx.saved_tensors
-    dx, da, dw, db = dyt_bwd(dy.contiguous(), x, alpha, weight, ctx.bias_dtype is not None)
-    return (
-        dx,
-        da.reshape(alpha.shape).to(alpha.dtype),
-        None if weight is None else dw.to(weight.dtype),
-        None if ctx.bias_dtype is None else db.to(ctx.bias_dtype),
-    )
-
-
-dyt_fwd.register_autograd(_dyt_backward, setup_context=_dyt_setup)
-
-
-def _contig(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.contiguous()
-
-
-def norm(
-    x: Tensor, residual: Tensor | None, weight: Tensor | None, bias: Tensor | None,
-    eps: float, *, rms: bool,
-) -> tuple[Tensor, Tensor | None]:
-    """(y, h) for (M, D) rows; h = x + residual, None without a residual."""
-    y, h, _, _ = norm_fwd(x, residual, _contig(weight), _contig(bias), eps, rms)
-    return y, (h if residual is not None else None)
-
-
-def dyt(x: Tensor, alpha: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
-    """DyT of (M, D) rows; alpha a one-element tensor on x's device."""
-    return dyt_fwd(x, alpha.reshape(()).contiguous(), _contig(weight), _contig(bias))
+op_rules.register(norm_fwd, norm_bwd, dyt_fwd, dyt_bwd)
+norm, dyt = op_rules.entry_points(norm_fwd, dyt_fwd)

@@ -1,0 +1,142 @@
+"""Fake (meta) and autograd rules shared by the compiled kernels' custom ops.
+
+The Triton ops (`normlab::*`, CUDA) and the C++ ops (`normlab_cpu::*`, CPU) have one signature:
+
+    norm_fwd(x, residual?, weight?, bias?, eps, rms) -> (y, h, mean, rstd)
+    norm_bwd(dy, dh?, x, weight?, mean, rstd, has_bias, rms) -> (dx, dw, db)
+    dyt_fwd(x, alpha, weight?, bias?) -> y
+    dyt_bwd(dy, x, alpha, weight?, has_bias) -> (dx, dalpha, dw, db)
+
+x is (M, D) rows, contiguous. `h` is x + residual (empty without a residual), `mean` is empty
+for RMSNorm. Statistics and parameter gradients are float32, float64 for float64 input (which
+only the C++ ops take); the autograd rule casts parameter gradients to the parameters' dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+
+def stat_dtype(x: Tensor) -> torch.dtype:
+    """The dtype of statistics and parameter gradients for input `x`."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def stat_empty(x: Tensor, *shape: int) -> Tensor:
+    return torch.empty(shape, device=x.device, dtype=stat_dtype(x))
+
+
+def norm_fwd_fake(x, residual, weight, bias, eps, rms):
+    m = x.shape[0]
+    h = torch.empty_like(x) if residual is not None else x.new_empty(0)
+    return torch.empty_like(x), h, stat_empty(x, 0 if rms else m), stat_empty(x, m)
+
+
+def norm_bwd_fake(dy, dh, x, weight, mean, rstd, has_bias, rms):
+    d = x.shape[1]
+    return (
+        torch.empty_like(x),
+        stat_empty(x, d if weight is not None else 0),
+        stat_empty(x, d if has_bias else 0),
+    )
+
+
+def dyt_fwd_fake(x, alpha, weight, bias):
+    return torch.empty_like(x)
+
+
+def dyt_bwd_fake(dy, x, alpha, weight, has_bias):
+    d = x.shape[1]
+    return (
+        torch.empty_like(x),
+        stat_empty(x),
+        stat_empty(x, d if weight is not None else 0),
+        stat_empty(x, d if has_bias else 0),
+    )
+
+
+def _norm_setup(ctx, inputs, output) -> None:
+    x, residual, weight, bias, _, rms = inputs
+    _, h, mean, rstd = output
+    ctx.save_for_backward(x if residual is None else h, weight, mean, rstd)
+    ctx.rms = rms
+    ctx.has_residual = residual is not None
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _norm_backward_with(norm_bwd: Callable) -> Callable:
+    def backward(ctx, dy, dh, _dmean, _drstd):
+        x, weight, mean, rstd = ctx.saved_tensors
+        dy = torch.zeros_like(x) if dy is None else dy.contiguous()
+        dh = dh.contiguous() if ctx.has_residual and dh is not None else None
+        dx, dw, db = norm_bwd(dy, dh, x, weight, mean, rstd, ctx.bias_dtype is not None, ctx.rms)
+        return (
+            dx,
+            dx if ctx.has_residual else None,
+            None if weight is None else dw.to(weight.dtype),
+            None if ctx.bias_dtype is None else db.to(ctx.bias_dtype),
+            None,
+            None,
+        )
+
+    return backward
+
+
+def _dyt_setup(ctx, inputs, output) -> None:
+    x, alpha, weight, bias = inputs
+    ctx.save_for_backward(x, alpha, weight)
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _dyt_backward_with(dyt_bwd: Callable) -> Callable:
+    def backward(ctx, dy):
+        x, alpha, weight = ctx.saved_tensors
+        dx, da, dw, db = dyt_bwd(dy.contiguous(), x, alpha, weight, ctx.bias_dtype is not None)
+        return (
+            dx,
+            da.reshape(alpha.shape).to(alpha.dtype),
+            None if weight is None else dw.to(weight.dtype),
+            None if ctx.bias_dtype is None else db.to(ctx.bias_dtype),
+        )
+
+    return backward
+
+
+def register(norm_fwd, norm_bwd, dyt_fwd, dyt_bwd) -> None:
+    """Register the fake and autograd rules of four ops: custom-op objects (Triton) or
+    `OpOverload`s (C++); the backward rules call `norm_bwd` / `dyt_bwd`."""
+    fakes = ((norm_fwd, norm_fwd_fake), (norm_bwd, norm_bwd_fake),
+             (dyt_fwd, dyt_fwd_fake), (dyt_bwd, dyt_bwd_fake))
+    for op, fake in fakes:
+        torch.library.register_fake(op, fake)
+    torch.library.register_autograd(
+        norm_fwd, _norm_backward_with(norm_bwd), setup_context=_norm_setup
+    )
+    torch.library.register_autograd(dyt_fwd, _dyt_backward_with(dyt_bwd), setup_context=_dyt_setup)
+
+
+def _contiguous(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.contiguous()
+
+
+def entry_points(norm_fwd: Callable, dyt_fwd: Callable) -> tuple[Callable, Callable]:
+    """The `norm` and `dyt` functions that `normlab.kernels.dispatch` calls, over two ops:
+
+        norm(x, residual, weight, bias, eps, *, rms) -> (y, h or None)
+        dyt(x, alpha, weight, bias) -> y          (alpha a one-element tensor on x's device)
+    """
+
+    def norm(
+        x: Tensor, residual: Tensor | None, weight: Tensor | None, bias: Tensor | None,
+        eps: float, *, rms: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        y, h, _, _ = norm_fwd(x, residual, _contiguous(weight), _contiguous(bias), eps, rms)
+        return y, (h if residual is not None else None)
+
+    def dyt(x: Tensor, alpha: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+        return dyt_fwd(x, alpha.reshape(()).contiguous(), _contiguous(weight), _contiguous(bias))
+
+    return norm, dyt

@@ -1,0 +1,116 @@
+"""The C++ CPU kernels: the build, their custom ops, the tanh they use, and the fallback.
+
+Their numerics against the references run with the other CPU backends in test_backends.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from tests.kernels.cases import make_inputs
+
+from normlab import kernels
+from normlab.kernels import cpu
+
+needs_cpp = pytest.mark.skipif(not cpu.available(), reason=cpu.reason() or "built")
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler on this machine")
+def test_installed_with_a_compiler_means_built():
+    assert cpu.available(), cpu.reason()
+
+
+@needs_cpp
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("rms", [False, True])
+def test_opcheck_norm_fwd(residual, rms):
+    x = torch.randn(5, 24, requires_grad=True)
+    r = torch.randn(5, 24, requires_grad=True) if residual else None
+    w = torch.randn(24, requires_grad=True)
+    b = None if rms else torch.randn(24, requires_grad=True)
+    torch.library.opcheck(torch.ops.normlab_cpu.norm_fwd.default, (x, r, w, b, 1e-5, rms))
+
+
+@needs_cpp
+def test_opcheck_dyt_and_backward_ops():
+    ops = torch.ops.normlab_cpu
+    x = torch.randn(4, 10, requires_grad=True)
+    a = torch.tensor(0.5, requires_grad=True)
+    w = torch.randn(10, requires_grad=True)
+    torch.library.opcheck(ops.dyt_fwd.default, (x, a, w, None))
+    xd, wd, dy = x.detach(), w.detach(), torch.randn(4, 10)
+    _, _, mean, rstd = ops.norm_fwd(xd, None, wd, None, 1e-5, False)
+    torch.library.opcheck(ops.norm_bwd.default, (dy, dy, xd, wd, mean, rstd, True, False))
+    torch.library.opcheck(ops.dyt_bwd.default, (dy, xd, a.detach(), None, True))
+
+
+@needs_cpp
+def test_compiles_with_the_ops_in_the_graph():
+    norm, dyt = cpu.entry_points()
+    w, alpha = torch.randn(32), torch.tensor(0.7)
+
+    def f(x):
+        return norm(x, None, w, None, 1e-6, rms=True)[0] + dyt(x, alpha, w, None)
+
+    x = torch.randn(4, 32)
+    torch.testing.assert_close(torch.compile(f, backend="eager", fullgraph=True)(x), f(x))
+
+
+@needs_cpp
+def test_float32_tanh_within_a_few_ulp_and_nan_propagates():
+    z = torch.cat([
+        torch.linspace(-12, 12, 200_001),
+        torch.tensor([0.0, -0.0, 1e-30, -1e-38, 1e-3, 9.0, 1e4, float("inf"), -float("inf")]),
+    ])
+    t = kernels.dyt(z, 1.0, backend="cpp")
+    exact = torch.tanh(z.double())
+    rel = (t.double() - exact).abs() / exact.abs().clamp_min(1e-300)
+    nonzero = exact != 0
+    assert rel[nonzero].max() < 6 * 2.0**-24  # 6 ulp of float32
+    assert torch.equal(t[exact == 0], z[exact == 0])
+    nan = kernels.dyt(torch.tensor([[1.0, float("nan"), -2.0]]), 0.5, backend="cpp")
+    assert nan.isnan().tolist() == [[False, True, False]]
+
+
+@needs_cpp
+def test_nan_in_a_row_reaches_the_norm_outputs_and_gradients():
+    x = torch.randn(3, 16)
+    x[1, 4] = float("nan")
+    x.requires_grad_()
+    y = kernels.rms_norm(x, torch.ones(16), backend="cpp")
+    assert y[1].isnan().all() and not y[[0, 2]].isnan().any()
+    y.sum().backward()
+    assert x.grad[1].isnan().any() and not x.grad[[0, 2]].isnan().any()
+
+
+@needs_cpp
+@pytest.mark.parametrize("threads", [1, 2])
+def test_parameter_gradients_sum_over_every_chunk(threads):
+    # Many rows: the backward splits them into one partial sum per thread.
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        inputs = make_inputs("dyt", (1000, 40), torch.float64)
+        y = kernels.dyt(inputs["x"], inputs["alpha"], inputs["weight"], inputs["bias"],
+                        backend="cpp")
+        g = torch.randn_like(y)
+        got = torch.autograd.grad(y, [inputs["alpha"], inputs["weight"], inputs["bias"]], g)
+        ref = inputs["weight"] * torch.tanh(inputs["alpha"] * inputs["x"]) + inputs["bias"]
+        want = torch.autograd.grad(ref, [inputs["alpha"], inputs["weight"], inputs["bias"]], g)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_cpp_backend_refuses_what_it_cannot_run(monkeypatch):
+    if cpu.available():
+        with pytest.raises(ValueError, match="runs on CPU tensors"):
+            kernels.rms_norm(torch.randn(2, 4, device="meta"), backend="cpp")
+    monkeypatch.setattr(cpu, "_load", lambda: "the C++ kernels are not built")
+    with pytest.raises(RuntimeError, match="not built; use backend='torch'"):
+        kernels.rms_norm(torch.randn(2, 4), backend="cpp")
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(kernels.rms_norm(x), kernels.rms_norm(x, backend="torch"))
