@@ -4,10 +4,13 @@
     python benchmarks/bench_norm_kernels.py --device cuda --compile      # on a GPU machine
 
 For every shape, op and provider it times the forward, the backward alone (from a retained
-graph) and forward+backward: the median and the 10th/90th percentiles over --repeats repeats of
---inner calls each. GB/s counts the bytes an ideal fused kernel must move (forward: read x,
-write y; backward: read x and dy, write dx; the residual ops add their extra tensor each way)
-and is also given as a fraction of the copy bandwidth measured in the same run. Every time is
+graph) and forward+backward, the backward computing the gradients of the inputs and of the
+parameters as training does (--grads inputs: of the inputs alone, which lets ATen's LayerNorm
+skip its parameter sums while a custom op cannot know they are not wanted): the median and
+the 10th/90th percentiles over --repeats repeats of --inner calls each. GB/s counts the bytes
+an ideal fused kernel must move (forward: read x, write y; backward: read x and dy, write dx;
+the residual ops add their extra tensor each way) and is also given as a fraction of the copy
+bandwidth measured in the same run. Every time is
 also given as a ratio to torch.nn.LayerNorm in the same mode, same run. Rows are appended to
 benchmarks/results/norm_kernels.csv.
 
@@ -68,56 +71,55 @@ def dyt_eager(x, alpha, weight, bias):
 
 
 def providers(op: str, d: int, device: str, dtype, use_compile: bool):
-    """name -> (fn(inputs) -> output tuple-or-tensor, parameters)."""
+    """name -> (fn(x, r) -> output tuple-or-tensor, the parameters it uses)."""
     kw = {"device": device, "dtype": dtype}
-    out: dict[str, Callable] = {}
     ln = nn.LayerNorm(d, **kw)
-    out["nn.LayerNorm"] = lambda x, r: ln(x)
+    out: dict[str, tuple[Callable, list]] = {
+        "nn.LayerNorm": (lambda x, r: ln(x), [*ln.parameters()])
+    }
     if op in ("rms_norm", "add_rms_norm"):
         rms = nn.RMSNorm(d, eps=1e-6, **kw)
+        params = [rms.weight]
         w = rms.weight
         if op == "rms_norm":
-            out["nn.RMSNorm"] = lambda x, r: rms(x)
-            out["F.rms_norm"] = lambda x, r: nn.functional.rms_norm(x, (d,), w, 1e-6)
+            out["nn.RMSNorm"] = (lambda x, r: rms(x), params)
+            out["F.rms_norm"] = (lambda x, r: nn.functional.rms_norm(x, (d,), w, 1e-6), params)
             if use_compile:
                 compiled = torch.compile(rms)
-                out["compile(nn.RMSNorm)"] = lambda x, r: compiled(x)
+                out["compile(nn.RMSNorm)"] = (lambda x, r: compiled(x), params)
         else:
-            out["x+r, nn.RMSNorm"] = lambda x, r: _then_norm(rms, x + r)
-        liger = _liger(op, d, device, dtype)
-        if liger is not None:
-            out["liger"] = liger
+            out["x+r, nn.RMSNorm"] = (lambda x, r: _then_norm(rms, x + r), params)
     elif op == "layer_norm":
         w, b = ln.weight, ln.bias
-        liger = _liger(op, d, device, dtype)
-        if liger is not None:
-            out["liger"] = liger
+        params = [w, b]
     else:
         w = nn.Parameter(torch.ones(d, **kw))
         b = nn.Parameter(torch.zeros(d, **kw))
         alpha = nn.Parameter(torch.full((1,), 0.5, **kw))
-        out["eager DyT"] = lambda x, r: dyt_eager(x, alpha, w, b)
+        params = [alpha, w, b]
+        out["eager DyT"] = (lambda x, r: dyt_eager(x, alpha, w, b), params)
         if use_compile:
             compiled = torch.compile(dyt_eager)
-            out["compile(DyT)"] = lambda x, r: compiled(x, alpha, w, b)
+            out["compile(DyT)"] = (lambda x, r: compiled(x, alpha, w, b), params)
+    liger = _liger(op, d, device, dtype)
+    if liger is not None:
+        out["liger"] = liger
     native = ["triton"] if device == "cuda" else (["cpp"] if cpu.available() else [])
-    backends = ["torch", *native, "reference"]
-    for name in backends:
+    for name in ["torch", *native, "reference"]:
         if op == "rms_norm":
-            out[f"normlab[{name}]"] = lambda x, r, n=name: kernels.rms_norm(x, w, backend=n)
+            fn = lambda x, r, n=name: kernels.rms_norm(x, w, backend=n)  # noqa: E731
         elif op == "add_rms_norm":
-            out[f"normlab[{name}]"] = lambda x, r, n=name: kernels.add_rms_norm(
-                x, r, w, backend=n)
+            fn = lambda x, r, n=name: kernels.add_rms_norm(x, r, w, backend=n)  # noqa: E731
         elif op == "layer_norm":
-            out[f"normlab[{name}]"] = lambda x, r, n=name: kernels.layer_norm(
-                x, w, b, backend=n)
+            fn = lambda x, r, n=name: kernels.layer_norm(x, w, b, backend=n)  # noqa: E731
         else:
-            out[f"normlab[{name}]"] = lambda x, r, n=name: kernels.dyt(x, alpha, w, b, backend=n)
+            fn = lambda x, r, n=name: kernels.dyt(x, alpha, w, b, backend=n)  # noqa: E731
+        out[f"normlab[{name}]"] = (fn, params)
     return out
 
 
 def _liger(op: str, d: int, device: str, dtype):
-    if device != "cuda":
+    if device != "cuda" or op == "dyt":
         return None
     try:
         from liger_kernel.transformers.layer_norm import LigerLayerNorm
@@ -126,20 +128,21 @@ def _liger(op: str, d: int, device: str, dtype):
         return None
     if op == "layer_norm":
         m = LigerLayerNorm(d).to(device=device, dtype=dtype)
-        return lambda x, r: m(x)
+        return (lambda x, r: m(x)), [*m.parameters()]
     m = LigerRMSNorm(d, eps=1e-6).to(device=device, dtype=dtype)
     if op == "rms_norm":
-        return lambda x, r: m(x)
-    return lambda x, r: _then_norm(m, x + r)
+        return (lambda x, r: m(x)), [*m.parameters()]
+    return (lambda x, r: _then_norm(m, x + r)), [*m.parameters()]
 
 
 def _then_norm(norm: Callable, h):
     return norm(h), h
 
 
-def bench_one(fn, x, r, device, args):
-    """{mode: (median, p10, p90)} for one provider."""
-    leaves = [x] + ([r] if r is not None else [])
+def bench_one(fn, params, x, r, device, args):
+    """{mode: (median, p10, p90)} for one provider. The backward computes the gradients of the
+    inputs and, with --grads all (the default, as in training), of the parameters too."""
+    leaves = [x] + ([r] if r is not None else []) + (params if args.grads == "all" else [])
 
     def outputs():
         out = fn(x, r)
@@ -151,8 +154,7 @@ def bench_one(fn, x, r, device, args):
         return outputs()
 
     def backward_of(out):
-        params = [p for p in leaves]
-        return torch.autograd.grad(out, params, grads_out[: len(out)], retain_graph=True,
+        return torch.autograd.grad(out, leaves, grads_out[: len(out)], retain_graph=True,
                                    allow_unused=True)
 
     def fwd_bwd():
@@ -178,6 +180,11 @@ def main() -> None:
     parser.add_argument("--inner", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="add torch.compile rows (slow)")
+    parser.add_argument(
+        "--grads", default="all", choices=["all", "inputs"],
+        help="backward computes the parameters' gradients too (all, as in training) or only "
+        "the inputs' (inputs: a kernel may then skip its column sums)",
+    )
     parser.add_argument("--csv", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.threads:
@@ -211,8 +218,8 @@ def main() -> None:
             tensors = {"fwd": 2, "bwd": 3, "fwd+bwd": 5}
             extra = {"fwd": 2, "bwd": 1, "fwd+bwd": 3} if r is not None else dict.fromkeys(MODES, 0)
             results = {}
-            for name, fn in providers(op, d, device, dtype, args.compile).items():
-                results[name] = bench_one(fn, x, r, device, args)
+            for name, (fn, params) in providers(op, d, device, dtype, args.compile).items():
+                results[name] = bench_one(fn, params, x, r, device, args)
             base = results["nn.LayerNorm"]
             print(f"\n{op:14s} {'provider':22s} " + " ".join(f"{mo:>24s}" for mo in MODES))
             for name, res in results.items():
@@ -224,6 +231,7 @@ def main() -> None:
                     cells.append(f"{med:7.3f} [{lo:6.3f},{hi:6.3f}] x{ratio:4.2f}")
                     rows.append({
                         "time": stamp, **env, "dtype": args.dtype, "shape": f"{m}x{d}", "op": op,
+                        "grads": args.grads,
                         "provider": name, "mode": mode, "median_ms": f"{med:.4f}",
                         "p10_ms": f"{lo:.4f}", "p90_ms": f"{hi:.4f}", "gb_per_s": f"{gbs:.2f}",
                         "frac_of_copy": f"{gbs / copy_gbs:.3f}",

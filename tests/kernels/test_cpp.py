@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from tests.kernels.cases import make_inputs
+from tests.kernels.cases import call, make_inputs
 
 from normlab import kernels
 from normlab.kernels import cpu
@@ -42,8 +42,11 @@ def test_opcheck_dyt_and_backward_ops():
     torch.library.opcheck(ops.dyt_fwd.default, (x, a, w, None))
     xd, wd, dy = x.detach(), w.detach(), torch.randn(4, 10)
     _, _, mean, rstd = ops.norm_fwd(xd, None, wd, None, 1e-5, False)
-    torch.library.opcheck(ops.norm_bwd.default, (dy, dy, xd, wd, mean, rstd, True, False))
-    torch.library.opcheck(ops.dyt_bwd.default, (dy, xd, a.detach(), None, True))
+    for need in (True, False):
+        torch.library.opcheck(
+            ops.norm_bwd.default, (dy, dy, xd, wd, mean, rstd, need, not need, False)
+        )
+        torch.library.opcheck(ops.dyt_bwd.default, (dy, xd, a.detach(), None, need, False, need))
 
 
 @needs_cpp
@@ -103,6 +106,21 @@ def test_parameter_gradients_sum_over_every_chunk(threads):
             torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
     finally:
         torch.set_num_threads(old)
+
+
+@needs_cpp
+@pytest.mark.parametrize("op", ["rms_norm", "dyt", "add_layer_norm"])
+def test_gradients_of_any_subset_of_inputs(op):
+    # The backward skips the parameter sums nobody asked for; what it returns is unchanged.
+    inputs = make_inputs(op, (6, 40), torch.float64)
+    out = call(op, inputs, "cpp")[0]
+    g = torch.randn_like(out)
+    names = [k for k, v in inputs.items() if v is not None]
+    full = dict(zip(names, torch.autograd.grad(out, [inputs[k] for k in names], g,
+                                                retain_graph=True), strict=True))
+    for k in names:
+        (alone,) = torch.autograd.grad(out, [inputs[k]], g, retain_graph=True)
+        torch.testing.assert_close(alone, full[k], atol=1e-12, rtol=1e-12)
 
 
 def test_cpp_backend_refuses_what_it_cannot_run(monkeypatch):

@@ -93,9 +93,11 @@ def test_opcheck_backward_ops():
     x, _, w, _, eps, _ = _norm_args(False, True)
     _, _, mean, rstd = ops.norm_fwd(x.detach(), None, w.detach(), None, eps, True)
     dy = torch.randn_like(x)
-    torch.library.opcheck(ops.norm_bwd, (dy, None, x.detach(), w.detach(), mean, rstd, True, True))
+    torch.library.opcheck(
+        ops.norm_bwd, (dy, None, x.detach(), w.detach(), mean, rstd, True, False, True)
+    )
     a = torch.tensor(0.5, device=DEVICE)
-    torch.library.opcheck(ops.dyt_bwd, (dy, x.detach(), a, w.detach(), False))
+    torch.library.opcheck(ops.dyt_bwd, (dy, x.detach(), a, w.detach(), True, True, False))
 
 
 def test_fake_shapes_trace_without_running():

@@ -8,7 +8,8 @@ Precedence, highest first:
 4. "auto".
 
 "auto" picks "triton" for CUDA tensors when Triton can be imported (and the call is one the
-Triton kernels cover), "cpp" for CPU tensors when the C++ kernels are built, else "torch".
+Triton kernels cover), "cpp" for CPU tensors when the C++ kernels are built (except plain
+LayerNorm, where ATen's kernel is as fast), else "torch".
 Nothing here imports Triton: `triton_available()` only looks for the package.
 """
 

@@ -72,7 +72,8 @@ def _resolve(op: str, backend: str | None, x: Tensor) -> str:
     name = requested_backend(backend)
     if name == "auto":
         if x.device.type == "cpu":
-            return "cpp" if cpu.available() else "torch"
+            # ATen's own LayerNorm is as fast as the C++ kernel (docs/kernels.md): keep it.
+            return "cpp" if op != "layer_norm" and cpu.available() else "torch"
         use_triton = (
             x.is_cuda and triton_available() and x.dtype in _TRITON_DTYPES
             and x.shape[-1] <= _TRITON_MAX_DIM

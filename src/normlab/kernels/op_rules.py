@@ -3,12 +3,14 @@
 The Triton ops (`normlab::*`, CUDA) and the C++ ops (`normlab_cpu::*`, CPU) have one signature:
 
     norm_fwd(x, residual?, weight?, bias?, eps, rms) -> (y, h, mean, rstd)
-    norm_bwd(dy, dh?, x, weight?, mean, rstd, has_bias, rms) -> (dx, dw, db)
+    norm_bwd(dy, dh?, x, weight?, mean, rstd, need_dw, need_db, rms) -> (dx, dw, db)
     dyt_fwd(x, alpha, weight?, bias?) -> y
-    dyt_bwd(dy, x, alpha, weight?, has_bias) -> (dx, dalpha, dw, db)
+    dyt_bwd(dy, x, alpha, weight?, need_dalpha, need_dw, need_db) -> (dx, dalpha, dw, db)
 
 x is (M, D) rows, contiguous. `h` is x + residual (empty without a residual), `mean` is empty
-for RMSNorm. Statistics and parameter gradients are float32, float64 for float64 input (which
+for RMSNorm. A parameter gradient that is not needed comes back empty (dalpha: 0), so a
+kernel may skip its column sums, the costliest part of a backward that only needs dx.
+Statistics and parameter gradients are float32, float64 for float64 input (which
 only the C++ ops take); the autograd rule casts parameter gradients to the parameters' dtype.
 """
 
@@ -35,26 +37,23 @@ def norm_fwd_fake(x, residual, weight, bias, eps, rms):
     return torch.empty_like(x), h, stat_empty(x, 0 if rms else m), stat_empty(x, m)
 
 
-def norm_bwd_fake(dy, dh, x, weight, mean, rstd, has_bias, rms):
+def norm_bwd_fake(dy, dh, x, weight, mean, rstd, need_dw, need_db, rms):
     d = x.shape[1]
-    return (
-        torch.empty_like(x),
-        stat_empty(x, d if weight is not None else 0),
-        stat_empty(x, d if has_bias else 0),
-    )
+    dw, db = stat_empty(x, d if need_dw else 0), stat_empty(x, d if need_db else 0)
+    return torch.empty_like(x), dw, db
 
 
 def dyt_fwd_fake(x, alpha, weight, bias):
     return torch.empty_like(x)
 
 
-def dyt_bwd_fake(dy, x, alpha, weight, has_bias):
+def dyt_bwd_fake(dy, x, alpha, weight, need_dalpha, need_dw, need_db):
     d = x.shape[1]
     return (
         torch.empty_like(x),
         stat_empty(x),
-        stat_empty(x, d if weight is not None else 0),
-        stat_empty(x, d if has_bias else 0),
+        stat_empty(x, d if need_dw else 0),
+        stat_empty(x, d if need_db else 0),
     )
 
 
@@ -72,12 +71,14 @@ def _norm_backward_with(norm_bwd: Callable) -> Callable:
         x, weight, mean, rstd = ctx.saved_tensors
         dy = torch.zeros_like(x) if dy is None else dy.contiguous()
         dh = dh.contiguous() if ctx.has_residual and dh is not None else None
-        dx, dw, db = norm_bwd(dy, dh, x, weight, mean, rstd, ctx.bias_dtype is not None, ctx.rms)
+        _, _, need_dw, need_db, _, _ = ctx.needs_input_grad
+        need_dw = need_dw and weight is not None
+        dx, dw, db = norm_bwd(dy, dh, x, weight, mean, rstd, need_dw, need_db, ctx.rms)
         return (
             dx,
             dx if ctx.has_residual else None,
-            None if weight is None else dw.to(weight.dtype),
-            None if ctx.bias_dtype is None else db.to(ctx.bias_dtype),
+            dw.to(weight.dtype) if need_dw else None,
+            db.to(ctx.bias_dtype) if need_db else None,
             None,
             None,
         )
@@ -94,12 +95,14 @@ def _dyt_setup(ctx, inputs, output) -> None:
 def _dyt_backward_with(dyt_bwd: Callable) -> Callable:
     def backward(ctx, dy):
         x, alpha, weight = ctx.saved_tensors
-        dx, da, dw, db = dyt_bwd(dy.contiguous(), x, alpha, weight, ctx.bias_dtype is not None)
+        _, need_da, need_dw, need_db = ctx.needs_input_grad
+        need_dw = need_dw and weight is not None
+        dx, da, dw, db = dyt_bwd(dy.contiguous(), x, alpha, weight, need_da, need_dw, need_db)
         return (
             dx,
-            da.reshape(alpha.shape).to(alpha.dtype),
-            None if weight is None else dw.to(weight.dtype),
-            None if ctx.bias_dtype is None else db.to(ctx.bias_dtype),
+            da.reshape(alpha.shape).to(alpha.dtype) if need_da else None,
+            dw.to(weight.dtype) if need_dw else None,
+            db.to(ctx.bias_dtype) if need_db else None,
         )
 
     return backward

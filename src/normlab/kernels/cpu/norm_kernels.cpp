@@ -4,9 +4,10 @@
 // rules serve both:
 //
 //   normlab_cpu::norm_fwd(x, residual?, weight?, bias?, eps, rms) -> (y, h, mean, rstd)
-//   normlab_cpu::norm_bwd(dy, dh?, x, weight?, mean, rstd, has_bias, rms) -> (dx, dw, db)
+//   normlab_cpu::norm_bwd(dy, dh?, x, weight?, mean, rstd, need_dw, need_db, rms) -> (dx, dw, db)
 //   normlab_cpu::dyt_fwd(x, alpha, weight?, bias?) -> y
-//   normlab_cpu::dyt_bwd(dy, x, alpha, weight?, has_bias) -> (dx, dalpha, dw, db)
+//   normlab_cpu::dyt_bwd(dy, x, alpha, weight?, need_dalpha, need_dw, need_db)
+//       -> (dx, dalpha, dw, db)
 //
 // x is (M, D), contiguous, float16/bfloat16/float32/float64. Statistics, parameters and parameter
 // gradients are in the accumulation type A: double for float64 input, float otherwise.
@@ -186,8 +187,15 @@ void norm_bwd_rows(const T* dy, const T* dh, const T* x, const A* w, const A* me
     for (int64_t i = 0; i < d; ++i) {
       const A xhat = (A(xr[i]) - mu) * rs;
       dxr[i] = static_cast<T>(rs * (A(g[i]) * w[i] - c0 - xhat * c1));
-      dw_part[i] += A(g[i]) * xhat;
-      db_part[i] += A(g[i]);
+    }
+    // The parameter gradients' partial sums, each its own pass over the cached row.
+    if (dw_part != nullptr) {
+#pragma omp simd
+      for (int64_t i = 0; i < d; ++i) dw_part[i] += A(g[i]) * (A(xr[i]) - mu) * rs;
+    }
+    if (db_part != nullptr) {
+#pragma omp simd
+      for (int64_t i = 0; i < d; ++i) db_part[i] += A(g[i]);
     }
     if (dh != nullptr) {
       const T* dhr = dh + r * d;
@@ -200,7 +208,7 @@ void norm_bwd_rows(const T* dy, const T* dh, const T* x, const A* w, const A* me
 std::tuple<Tensor, Tensor, Tensor> norm_bwd(const Tensor& dy, const OptTensor& dh,
                                             const Tensor& x, const OptTensor& weight,
                                             const Tensor& mean, const Tensor& rstd,
-                                            bool has_bias, bool rms) {
+                                            bool need_dw, bool need_db, bool rms) {
   check_rows(x, "x");
   check_rows(dy, "dy");
   TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(),
@@ -218,8 +226,8 @@ std::tuple<Tensor, Tensor, Tensor> norm_bwd(const Tensor& dy, const OptTensor& d
               "mean must be (M,)");
   const int64_t chunks = n_chunks(m, d);
   Tensor dx = at::empty_like(x);
-  Tensor dw_part = at::zeros({chunks, d}, acc);
-  Tensor db_part = at::zeros({chunks, d}, acc);
+  Tensor dw_part = at::zeros({need_dw ? chunks : 0, d}, acc);
+  Tensor db_part = at::zeros({need_db ? chunks : 0, d}, acc);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "norm_bwd", [&] {
     using A = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const scalar_t* dh_ptr = dh.has_value() ? dh->data_ptr<scalar_t>() : nullptr;
@@ -228,13 +236,14 @@ std::tuple<Tensor, Tensor, Tensor> norm_bwd(const Tensor& dy, const OptTensor& d
         norm_bwd_rows<scalar_t, A>(
             dy.data_ptr<scalar_t>(), dh_ptr, x.data_ptr<scalar_t>(), w.data_ptr<A>(),
             rms ? nullptr : mean.data_ptr<A>(), rstd.data_ptr<A>(), dx.data_ptr<scalar_t>(),
-            dw_part.data_ptr<A>() + c * d, db_part.data_ptr<A>() + c * d, chunk_begin(c, chunks, m),
+            need_dw ? dw_part.data_ptr<A>() + c * d : nullptr,
+            need_db ? db_part.data_ptr<A>() + c * d : nullptr, chunk_begin(c, chunks, m),
             chunk_begin(c + 1, chunks, m), d, rms);
       }
     });
   });
-  return {dx, weight.has_value() ? dw_part.sum(0) : dw_part.new_empty({0}),
-          has_bias ? db_part.sum(0) : db_part.new_empty({0})};
+  return {dx, need_dw ? dw_part.sum(0) : dw_part.new_empty({0}),
+          need_db ? db_part.sum(0) : db_part.new_empty({0})};
 }
 
 // ----------------------------------------------------------------------------------------- DyT
@@ -276,6 +285,14 @@ void dyt_bwd_rows(const T* dy, const T* x, A alpha, const A* w, T* dx, A* da_par
     const T* g = dy + r * d;
     const T* xr = x + r * d;
     T* dxr = dx + r * d;
+    if (da_part == nullptr) {  // dx alone
+#pragma omp simd
+      for (int64_t i = 0; i < d; ++i) {
+        const A t = tanh_of(alpha * A(xr[i]));
+        dxr[i] = static_cast<T>(A(g[i]) * w[i] * (A(1) - t * t) * alpha);
+      }
+      continue;
+    }
 #pragma omp simd reduction(+ : da)
     for (int64_t i = 0; i < d; ++i) {
       const A xv = A(xr[i]);
@@ -288,12 +305,13 @@ void dyt_bwd_rows(const T* dy, const T* x, A alpha, const A* w, T* dx, A* da_par
       db_part[i] += gv;
     }
   }
-  *da_part = da;
+  if (da_part != nullptr) *da_part = da;
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> dyt_bwd(const Tensor& dy, const Tensor& x,
                                                    const Tensor& alpha, const OptTensor& weight,
-                                                   bool has_bias) {
+                                                   bool need_dalpha, bool need_dw,
+                                                   bool need_db) {
   check_rows(x, "x");
   check_rows(dy, "dy");
   TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(),
@@ -304,9 +322,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dyt_bwd(const Tensor& dy, const Tenso
   const auto acc = x.options().dtype(acc_type(x));
   const int64_t chunks = n_chunks(m, d);
   Tensor dx = at::empty_like(x);
+  const bool sums = need_dalpha || need_dw || need_db;
   Tensor da_part = at::zeros({chunks}, acc);
-  Tensor dw_part = at::zeros({chunks, d}, acc);
-  Tensor db_part = at::zeros({chunks, d}, acc);
+  Tensor dw_part = at::zeros({sums ? chunks : 0, d}, acc);
+  Tensor db_part = at::zeros({sums ? chunks : 0, d}, acc);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dyt_bwd", [&] {
     using A = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const A a = alpha.item<A>();
@@ -314,14 +333,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dyt_bwd(const Tensor& dy, const Tenso
       for (int64_t c = c0; c < c1; ++c) {
         dyt_bwd_rows<scalar_t, A>(
             dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), a, w.data_ptr<A>(),
-            dx.data_ptr<scalar_t>(), da_part.data_ptr<A>() + c,
-            dw_part.data_ptr<A>() + c * d, db_part.data_ptr<A>() + c * d, chunk_begin(c, chunks, m),
+            dx.data_ptr<scalar_t>(), sums ? da_part.data_ptr<A>() + c : nullptr,
+            sums ? dw_part.data_ptr<A>() + c * d : nullptr,
+            sums ? db_part.data_ptr<A>() + c * d : nullptr, chunk_begin(c, chunks, m),
             chunk_begin(c + 1, chunks, m), d);
       }
     });
   });
-  return {dx, da_part.sum(), weight.has_value() ? dw_part.sum(0) : dw_part.new_empty({0}),
-          has_bias ? db_part.sum(0) : db_part.new_empty({0})};
+  return {dx, da_part.sum(), need_dw ? dw_part.sum(0) : dw_part.new_empty({0}),
+          need_db ? db_part.sum(0) : db_part.new_empty({0})};
 }
 
 }  // namespace
@@ -330,9 +350,10 @@ TORCH_LIBRARY(normlab_cpu, m) {
   m.def("norm_fwd(Tensor x, Tensor? residual, Tensor? weight, Tensor? bias, float eps, bool rms)"
         " -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("norm_bwd(Tensor dy, Tensor? dh, Tensor x, Tensor? weight, Tensor mean, Tensor rstd,"
-        " bool has_bias, bool rms) -> (Tensor, Tensor, Tensor)");
+        " bool need_dw, bool need_db, bool rms) -> (Tensor, Tensor, Tensor)");
   m.def("dyt_fwd(Tensor x, Tensor alpha, Tensor? weight, Tensor? bias) -> Tensor");
-  m.def("dyt_bwd(Tensor dy, Tensor x, Tensor alpha, Tensor? weight, bool has_bias)"
+  m.def("dyt_bwd(Tensor dy, Tensor x, Tensor alpha, Tensor? weight, bool need_dalpha,"
+        " bool need_dw, bool need_db)"
         " -> (Tensor, Tensor, Tensor, Tensor)");
 }
 

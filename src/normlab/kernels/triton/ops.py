@@ -1,9 +1,10 @@
 """The Triton kernels as `torch.library` custom ops, with fake (meta) and autograd rules.
 
     normlab::norm_fwd(x, residual?, weight?, bias?, eps, rms) -> (y, h, mean, rstd)
-    normlab::norm_bwd(dy, dh?, x, weight?, mean, rstd, has_bias, rms) -> (dx, dw32, db32)
+    normlab::norm_bwd(dy, dh?, x, weight?, mean, rstd, need_dw, need_db, rms) -> (dx, dw32, db32)
     normlab::dyt_fwd(x, alpha, weight?, bias?) -> y
-    normlab::dyt_bwd(dy, x, alpha, weight?, has_bias) -> (dx, dalpha32, dw32, db32)
+    normlab::dyt_bwd(dy, x, alpha, weight?, need_dalpha, need_dw, need_db)
+        -> (dx, dalpha32, dw32, db32)
 
 The fake and autograd rules are `normlab.kernels.op_rules`, shared with the C++ CPU ops.
 Being custom ops, torch.compile traces them as opaque nodes and `opcheck` can test them.
@@ -56,23 +57,23 @@ def norm_fwd(
 @torch.library.custom_op("normlab::norm_bwd", mutates_args=())
 def norm_bwd(
     dy: Tensor, dh: Tensor | None, x: Tensor, weight: Tensor | None, mean: Tensor,
-    rstd: Tensor, has_bias: bool, rms: bool,
+    rstd: Tensor, need_dw: bool, need_db: bool, rms: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     m, d = x.shape
     dx = torch.empty_like(x)
     progs = _programs(x, m)
     dw_part = _f32(x, progs, d) if weight is not None else _f32(x, 0)
-    db_part = _f32(x, progs, d) if has_bias else _f32(x, 0)
+    db_part = _f32(x, progs, d) if need_db else _f32(x, 0)
     if m:
         block = K.block_size(d)
         K.norm_bwd_kernel[(progs,)](
             dy, dy if dh is None else dh, x, x if weight is None else weight,
             rstd if rms else mean, rstd, dx, dw_part, db_part, m, d, triton.cdiv(m, progs),
-            IS_RMS=rms, HAS_DH=dh is not None, HAS_W=weight is not None, HAS_B=has_bias,
+            IS_RMS=rms, HAS_DH=dh is not None, HAS_W=weight is not None, HAS_B=need_db,
             BLOCK=block, num_warps=K.num_warps(block),
         )
-    dw = dw_part.sum(0) if weight is not None else _f32(x, 0)
-    db = db_part.sum(0) if has_bias else _f32(x, 0)
+    dw = dw_part.sum(0) if need_dw else _f32(x, 0)  # the kernel sums it whenever there is a weight
+    db = db_part.sum(0) if need_db else _f32(x, 0)
     return dx, dw, db
 
 
@@ -92,24 +93,25 @@ def dyt_fwd(x: Tensor, alpha: Tensor, weight: Tensor | None, bias: Tensor | None
 
 @torch.library.custom_op("normlab::dyt_bwd", mutates_args=())
 def dyt_bwd(
-    dy: Tensor, x: Tensor, alpha: Tensor, weight: Tensor | None, has_bias: bool
+    dy: Tensor, x: Tensor, alpha: Tensor, weight: Tensor | None, need_dalpha: bool,
+    need_dw: bool, need_db: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     m, d = x.shape
     dx = torch.empty_like(x)
     progs = _programs(x, m)
     da_part = torch.zeros(progs, device=x.device, dtype=torch.float32)
     dw_part = _f32(x, progs, d) if weight is not None else _f32(x, 0)
-    db_part = _f32(x, progs, d) if has_bias else _f32(x, 0)
+    db_part = _f32(x, progs, d) if need_db else _f32(x, 0)
     if m:
         block = K.block_size(d)
         K.dyt_bwd_kernel[(progs,)](
             dy, x, alpha, x if weight is None else weight, dx, da_part, dw_part, db_part,
             m, d, triton.cdiv(m, progs),
-            HAS_W=weight is not None, HAS_B=has_bias, BLOCK=block, num_warps=K.num_warps(block),
+            HAS_W=weight is not None, HAS_B=need_db, BLOCK=block, num_warps=K.num_warps(block),
         )
-    dw = dw_part.sum(0) if weight is not None else _f32(x, 0)
-    db = db_part.sum(0) if has_bias else _f32(x, 0)
-    return dx, da_part.sum(), dw, db
+    dw = dw_part.sum(0) if need_dw else _f32(x, 0)  # the kernel sums it whenever there is a weight
+    db = db_part.sum(0) if need_db else _f32(x, 0)
+    return dx, da_part.sum() if need_dalpha else da_part.new_zeros(()), dw, db
 
 
 op_rules.register(norm_fwd, norm_bwd, dyt_fwd, dyt_bwd)
