@@ -13,7 +13,7 @@ if ! grep -qxF "$want" "$stamp" 2>/dev/null; then
   "$venv/bin/python" -m pip install --quiet --upgrade pip
   # torch first (pinned to the CPU wheel where one is on disk): the C++ kernels build against it,
   # hence --no-build-isolation.
-  "$venv/bin/python" -m pip install --quiet -c "$root/constraints.txt" torch setuptools
+  "$venv/bin/python" -m pip install --quiet -c "$root/constraints.txt" torch setuptools numpy
   spec="$root"; [ -n "$extras" ] && spec="$root[$extras]"
   "$venv/bin/python" -m pip install --quiet --no-build-isolation -c "$root/constraints.txt" \
     -e "$spec"
