@@ -83,7 +83,23 @@ def test_huge_learning_rate_diverges_cleanly(tmp_path, cache_dir):
     event = records[-1]
     assert event["kind"] == "diverged" and event["step"] == summary["diverged_step"] < 30
     assert not math.isfinite(event["loss"]) or (
-        event["loss"] > cfg.train.spike_threshold * event["running_min"])
+        event["loss"] > cfg.train.spike_threshold * event["running_min"]
+        and event["loss"] > event["initial_loss"])
+
+
+@pytest.mark.parametrize(("loss", "running_min", "initial", "expected"), [
+    (float("nan"), 2.0, 5.5, True),
+    (float("inf"), 2.0, 5.5, True),
+    (12.9, 3.0, 5.4, True),      # a language model blowing up
+    (5.0, 3.0, 5.4, False),      # noisy but below 4 x the minimum
+    (0.51, 0.11, 2.3, False),    # a classifier near 0 drawing a hard batch: not a divergence
+    (2.5, 0.11, 2.3, True),      # the same classifier back above its starting loss
+    (1e9, 1.0, 5.0, True),
+])
+def test_divergence_rule(loss, running_min, initial, expected):
+    assert train.diverged(loss, running_min, initial, 4.0) is expected
+    if math.isfinite(loss):
+        assert train.diverged(loss, running_min, initial, 0.0) is False
 
 
 def test_agc_option_runs_and_changes_the_update(tmp_path, cache_dir):

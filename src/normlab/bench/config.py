@@ -127,8 +127,9 @@ class DataConfig:
 class TrainConfig:
     """The loop: how long, how often to evaluate and checkpoint, and when a run has diverged.
 
-    A run diverges when the training loss is NaN/Inf or exceeds `spike_threshold` times the
-    running minimum of the training loss (0 disables the spike test). `diagnose_every` > 0
+    A run diverges when the training loss is NaN/Inf, or exceeds both `spike_threshold` times
+    the running minimum of the training loss and the first step's loss (0 disables the spike
+    test). `diagnose_every` > 0
     records the cheap diagnostics (bench/diagnostics.py) on the training batch every that many
     steps and at the last step, into diagnostics.jsonl; 0 turns them off.
     """

@@ -11,7 +11,7 @@ metrics.jsonl holds one JSON object per line: `{"kind": "train", "step", "loss",
 "grad_norm", "tokens_per_s", "mem_bytes", "time_s"}` every `train.log_every` steps and
 `{"kind": "eval", "step", "val_loss"[, "val_acc"]}` every `train.eval_every` steps and at the end.
 `step` counts optimizer steps done. A run stops early, marked diverged, when the training loss
-is NaN/Inf or exceeds `train.spike_threshold` times its running minimum. With
+is NaN/Inf or spikes (`diverged`). With
 `train.diagnose_every` > 0, rank 0 also appends the cheap diagnostics of the training step to
 diagnostics.jsonl every that many steps and at the last one (bench/diagnostics.py).
 """
@@ -188,6 +188,17 @@ def evaluate(model: nn.Module, data, cfg: RunConfig, device: torch.device, autoc
     return result
 
 
+def diverged(
+    loss: float, running_min: float, initial_loss: float, spike_threshold: float
+) -> bool:
+    """A NaN/Inf loss, or a spike: above `spike_threshold` × the running minimum *and* above
+    the first step's loss (0 disables the spike test). The second condition keeps a noisy batch
+    from stopping a run whose loss is near 0 (a classifier at 0.1 that draws a 0.5 batch)."""
+    if not math.isfinite(loss):
+        return True
+    return bool(spike_threshold) and loss > spike_threshold * running_min and loss > initial_loss
+
+
 def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False,
         on_step: StepCallback | None = None) -> dict[str, Any]:
     """Train one model as `cfg` says, writing into `run_dir`; returns the summary dict.
@@ -228,7 +239,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False,
         tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     tokens_per_step *= d.world
 
-    start, running_min, records = 0, math.inf, []
+    start, running_min, initial_loss, records = 0, math.inf, math.nan, []
     config = cfg.to_dict()
     ckpt_path = checkpoint.latest(run_dir) if resume else None
     if ckpt_path is not None:
@@ -245,6 +256,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False,
         if scaler is not None:
             scaler.load_state_dict(ckpt.loop["scaler"])
         start, running_min = ckpt.step, ckpt.loop["running_min"]
+        initial_loss = ckpt.loop.get("initial_loss", math.nan)
         records = [r for r in read_metrics(metrics_path) if r["step"] <= start]
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -269,7 +281,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False,
         for name, state in states.items():
             for rank, part in enumerate(D.gather_states(state, d)):
                 tensors[f"{name}.{rank}"] = part
-        loop = {"running_min": running_min, "world": d.world,
+        loop = {"running_min": running_min, "initial_loss": initial_loss, "world": d.world,
                 "scaler": scaler.state_dict() if scaler is not None else None}
         if d.is_main:
             checkpoint.save(run_dir, step, model=model_state, optimizer=optim_state,
@@ -294,11 +306,12 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False,
             (scaler.scale(loss) if scaler is not None else loss).backward()
         D.average_gradients_(replicated, d)
         (loss_value,) = D.all_sum([loss.detach().float().item() / d.world], d)
-        if not math.isfinite(loss_value) or (
-                cfg.train.spike_threshold and loss_value > cfg.train.spike_threshold * running_min):
+        if math.isnan(initial_loss):
+            initial_loss = loss_value
+        if diverged(loss_value, running_min, initial_loss, cfg.train.spike_threshold):
             status = "diverged"
             log({"kind": "diverged", "step": step + 1, "loss": loss_value,
-                 "running_min": running_min})
+                 "running_min": running_min, "initial_loss": initial_loss})
             break
         running_min = min(running_min, loss_value)
         if scaler is not None:
