@@ -49,6 +49,16 @@ def test_precedence_argument_context_env_auto(monkeypatch):
     assert seen[-1] == "reference"
 
 
+def test_auto_keeps_atens_layer_norm_on_cpu(monkeypatch):
+    seen = _spy(monkeypatch)
+    monkeypatch.delenv(B.ENV_VAR, raising=False)
+    x, r = torch.randn(2, 8), torch.randn(2, 8)
+    kernels.layer_norm(x)
+    assert seen == []  # neither compiled backend nor the reference: ATen through "torch"
+    kernels.add_layer_norm(x, r)
+    assert seen == (["cpp"] if cpu.available() else [])
+
+
 def test_unknown_backend_names_the_choices(monkeypatch):
     with pytest.raises(ValueError, match="auto, torch, cpp, triton, reference"):
         kernels.rms_norm(torch.randn(2, 4), backend="cuda")

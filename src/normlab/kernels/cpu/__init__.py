@@ -59,6 +59,7 @@ def reason() -> str:
     return _load() or ""
 
 
+@cache
 def entry_points() -> tuple[Callable, Callable]:
     """`norm` and `dyt` over the C++ ops (see `normlab.kernels.op_rules.entry_points`)."""
     problem = _load()

@@ -49,7 +49,7 @@ using at::Tensor;
 // tanh in float, branch-free so that loops vectorize: tanh(z) ≈ z·P(z²)/Q(z²) on |z| ≤ 9 (beyond,
 // tanh rounds to ±1 in float), P and Q of degree 4 in z² with P(0) = Q(0) = 1, fitted to tanh
 // for least relative error (2.6e-8 in exact arithmetic, at most 3.3e-7 = 5.6 ulp in float).
-// About twice as fast as glibc's vector tanhf here, which is exact to 1 ulp. NaN stays NaN.
+// It replaced glibc's vector tanhf (1 ulp) for speed (docs/kernels.md). NaN stays NaN.
 inline float tanh_of(float z) {
   const float a = std::min(std::fabs(z), 9.0f);
   const float s = a * a;
@@ -93,8 +93,9 @@ Tensor param_or(const OptTensor& p, const Tensor& x, double fill) {
   return p->to(acc_type(x)).contiguous();
 }
 
-// Σ term(i) over i < d with kLanes independent partial sums: with one accumulator the loop
-// would wait on the latency of each add instead of streaming the row.
+// Σ term(i) over i < d with kLanes independent partial sums. In a single-thread test at D = 768
+// this ran as fast as one vector accumulator (the row read dominates); the partial sums keep
+// the rounding error of long rows smaller.
 template <typename A, typename F>
 A lane_sum(int64_t d, F&& term) {
   constexpr int64_t kLanes = 32;
