@@ -7,12 +7,13 @@ For every shape, op and provider it times the forward, the backward alone (from 
 graph) and forward+backward, the backward computing the gradients of the inputs and of the
 parameters as training does (--grads inputs: of the inputs alone, which lets ATen's LayerNorm
 skip its parameter sums while a custom op cannot know they are not wanted): the median and
-the 10th/90th percentiles over --repeats repeats of --inner calls each. GB/s counts the bytes
-an ideal fused kernel must move (forward: read x, write y; backward: read x and dy, write dx;
-the residual ops add their extra tensor each way) and is also given as a fraction of the copy
-bandwidth measured in the same run. Every time is
-also given as a ratio to torch.nn.LayerNorm in the same mode, same run. Rows are appended to
-benchmarks/results/norm_kernels.csv.
+the 10th/90th percentiles over --repeats repeats of --inner calls each. The providers take turns
+within each repeat, so that the machine's slow spells hit all of them alike. GB/s counts the
+bytes an ideal fused kernel must move (forward: read x, write y; backward: read x and dy, write
+dx; the residual ops add their extra tensor each way) and is also given as a fraction of the
+copy bandwidth measured in the same run. Every time is also given as a ratio to
+torch.nn.LayerNorm in the same mode, same run. --providers limits the run to some providers.
+Rows are appended to benchmarks/results/norm_kernels.csv.
 
 glibc returns freed blocks above 32 MB to the OS by default, so every call that allocates a big
 output page-faults it in again; the script re-executes itself with
@@ -49,19 +50,27 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(fn: Callable[[], object], device: str, repeats: int, inner: int, warmup: int):
-    """Median, 10th and 90th percentile of the per-call time in ms."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(inner):
+def measure(fns: dict[str, Callable[[], object]], device: str, repeats: int, inner: int,
+            warmup: int) -> dict[str, tuple[float, float, float]]:
+    """{name: (median, 10th, 90th percentile)} of the per-call time in ms. The functions take
+    turns within every repeat, so a slow spell of the machine hits all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
             fn()
-        synchronize(device)
-        samples.append((time.perf_counter() - start) / inner * 1e3)
-    samples.sort()
+    synchronize(device)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            synchronize(device)
+            samples[name].append((time.perf_counter() - start) / inner * 1e3)
+    return {name: _summary(times) for name, times in samples.items()}
+
+
+def _summary(samples: list[float]) -> tuple[float, float, float]:
+    samples = sorted(samples)
     pick = lambda q: samples[min(len(samples) - 1, round(q * (len(samples) - 1)))]  # noqa: E731
     return statistics.median(samples), pick(0.1), pick(0.9)
 
@@ -139,9 +148,9 @@ def _then_norm(norm: Callable, h):
     return norm(h), h
 
 
-def bench_one(fn, params, x, r, device, args):
-    """{mode: (median, p10, p90)} for one provider. The backward computes the gradients of the
-    inputs and, with --grads all (the default, as in training), of the parameters too."""
+def timed_calls(fn, params, x, r, args) -> dict[str, Callable[[], object]]:
+    """{mode: call} for one provider. The backward computes the gradients of the inputs and,
+    with --grads all (the default, as in training), of the parameters too."""
     leaves = [x] + ([r] if r is not None else []) + (params if args.grads == "all" else [])
 
     def outputs():
@@ -150,23 +159,17 @@ def bench_one(fn, params, x, r, device, args):
 
     grads_out = [torch.randn_like(x) for _ in range(2)]
 
-    def fwd():
-        return outputs()
-
-    def backward_of(out):
-        return torch.autograd.grad(out, leaves, grads_out[: len(out)], retain_graph=True,
-                                   allow_unused=True)
-
     def fwd_bwd():
         out = outputs()
         return torch.autograd.grad(out, leaves, grads_out[: len(out)], allow_unused=True)
 
-    saved = outputs()
-    result = {"fwd": measure(fwd, device, args.repeats, args.inner, args.warmup)}
-    result["bwd"] = measure(lambda: backward_of(saved), device, args.repeats, args.inner,
-                            args.warmup)
-    result["fwd+bwd"] = measure(fwd_bwd, device, args.repeats, args.inner, args.warmup)
-    return result
+    saved = outputs()  # the graph that "bwd" runs backward through again and again
+    return {
+        "fwd": outputs,
+        "bwd": lambda: torch.autograd.grad(saved, leaves, grads_out[: len(saved)],
+                                           retain_graph=True, allow_unused=True),
+        "fwd+bwd": fwd_bwd,
+    }
 
 
 def main() -> None:
@@ -184,6 +187,10 @@ def main() -> None:
         "--grads", default="all", choices=["all", "inputs"],
         help="backward computes the parameters' gradients too (all, as in training) or only "
         "the inputs' (inputs: a kernel may then skip its column sums)",
+    )
+    parser.add_argument(
+        "--providers", default=None,
+        help="comma-separated provider names to time (nn.LayerNorm, the baseline, always runs)",
     )
     parser.add_argument("--csv", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -208,8 +215,8 @@ def main() -> None:
         torch.manual_seed(0)
         x0 = torch.randn(m, d, device=device, dtype=dtype)
         copy_dst = torch.empty_like(x0)
-        copy_ms = measure(lambda dst=copy_dst, src=x0: dst.copy_(src), device, args.repeats,
-                          args.inner, args.warmup)[0]
+        copy = {"copy": lambda dst=copy_dst, src=x0: dst.copy_(src)}
+        copy_ms = measure(copy, device, args.repeats, args.inner, args.warmup)["copy"][0]
         copy_gbs = 2 * x0.numel() * elt / copy_ms / 1e6
         print(f"\n## shape {m}x{d} {args.dtype}: copy {copy_ms:.3f} ms = {copy_gbs:.1f} GB/s")
         for op in args.ops.split(","):
@@ -217,9 +224,19 @@ def main() -> None:
             r = torch.randn_like(x0).requires_grad_() if op.startswith("add_") else None
             tensors = {"fwd": 2, "bwd": 3, "fwd+bwd": 5}
             extra = {"fwd": 2, "bwd": 1, "fwd+bwd": 3} if r is not None else dict.fromkeys(MODES, 0)
-            results = {}
-            for name, (fn, params) in providers(op, d, device, dtype, args.compile).items():
-                results[name] = bench_one(fn, params, x, r, device, args)
+            chosen = providers(op, d, device, dtype, args.compile)
+            if args.providers:
+                keep = {"nn.LayerNorm", *args.providers.split(",")}
+                chosen = {name: p for name, p in chosen.items() if name in keep}
+            calls = {
+                name: timed_calls(fn, params, x, r, args) for name, (fn, params) in chosen.items()
+            }
+            results = {name: {} for name in calls}
+            for mode in MODES:
+                timed = measure({name: c[mode] for name, c in calls.items()}, device,
+                                args.repeats, args.inner, args.warmup)
+                for name, stats in timed.items():
+                    results[name][mode] = stats
             base = results["nn.LayerNorm"]
             print(f"\n{op:14s} {'provider':22s} " + " ".join(f"{mo:>24s}" for mo in MODES))
             for name, res in results.items():

@@ -50,15 +50,34 @@ def test_opcheck_dyt_and_backward_ops():
 
 
 @needs_cpp
-def test_compiles_with_the_ops_in_the_graph():
+def test_compiles_with_the_ops_in_the_graph_forward_and_backward():
+    # AOTAutograd traces the autograd rules registered in C++ through the Python fakes.
     norm, dyt = cpu.entry_points()
-    w, alpha = torch.randn(32), torch.tensor(0.7)
+    w = torch.randn(32, requires_grad=True)
+    alpha = torch.tensor(0.7, requires_grad=True)
+    r = torch.randn(2, 3, 32, requires_grad=True)
 
     def f(x):
-        return norm(x, None, w, None, 1e-6, rms=True)[0] + dyt(x, alpha, w, None)
+        y, h = norm(x, r, w, None, 1e-6, rms=True)
+        return y + dyt(h, alpha, w, None)
 
-    x = torch.randn(4, 32)
-    torch.testing.assert_close(torch.compile(f, backend="eager", fullgraph=True)(x), f(x))
+    x = torch.randn(2, 3, 32, requires_grad=True)
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    grads = [torch.autograd.grad(g(x).square().sum(), (x, r, w, alpha)) for g in (compiled, f)]
+    torch.testing.assert_close(compiled(x), f(x))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+@needs_cpp
+def test_the_ops_take_any_leading_shape_as_rows():
+    ops = torch.ops.normlab_cpu
+    x, w = torch.randn(2, 3, 5, 16), torch.randn(16)
+    y, _, _, rstd = ops.norm_fwd(x, None, w, None, 1e-6, True)
+    y_rows, _, _, rstd_rows = ops.norm_fwd(x.reshape(30, 16), None, w, None, 1e-6, True)
+    assert y.shape == x.shape and rstd.shape == (30,)
+    assert torch.equal(y.reshape(30, 16), y_rows) and torch.equal(rstd, rstd_rows)
+    with pytest.raises(RuntimeError, match="contiguous CPU tensor of shape"):
+        ops.dyt_fwd(x.transpose(0, 1), torch.tensor(0.5), w, None)
 
 
 @needs_cpp

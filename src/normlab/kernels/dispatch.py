@@ -1,4 +1,4 @@
-"""One dispatch point per op: validate, pick the backend, flatten to (M, D), run, restore shape.
+"""One dispatch point per op: validate, pick the backend, run.
 
     y = rms_norm(x, weight, bias=None, eps=1e-6, backend=None)
     y = layer_norm(x, weight, bias, eps=1e-5, backend=None)
@@ -12,7 +12,8 @@ The numerics are those of `normlab.norms.functional`: statistics in float32 for 
 the output in the input dtype. The residual ops return the new residual h = x + residual
 (rounded to the input dtype) and normalize that rounded h, as a pre-norm block needs.
 See `normlab.kernels.backend` for how the backend is chosen. "cpp" and "triton" run the
-compiled kernels through the same two entry points, `norm` and `dyt` (normlab.kernels.op_rules).
+compiled kernels through the same two entry points, `norm` and `dyt` (normlab.kernels.op_rules),
+which take x of any leading shape as it is; the "torch" backend works on x flattened to (M, D).
 """
 
 from __future__ import annotations
@@ -126,13 +127,11 @@ def _norm(
     name = _resolve(op, backend, x)
     if name == "reference":
         return getattr(reference, kind)(x, weight, bias, eps)
-    rows = _rows(x)
     if name in ("cpp", "triton"):
         norm, _ = _compiled(name)
-        y, _ = norm(rows, None, weight, bias, eps, rms=kind == "rms_norm")
-    else:
-        y = getattr(fast, kind)(rows, weight, bias, eps)
-    return y.view(x.shape)
+        y, _ = norm(x.contiguous(), None, weight, bias, eps, rms=kind == "rms_norm")
+        return y
+    return getattr(fast, kind)(_rows(x), weight, bias, eps).view(x.shape)
 
 
 def _add_norm(
@@ -145,8 +144,8 @@ def _add_norm(
     name = _resolve(op, backend, x)
     if name in ("cpp", "triton"):
         norm, _ = _compiled(name)
-        y, h = norm(_rows(x), _rows(residual), weight, bias, eps, rms=kind == "rms_norm")
-        return y.view(x.shape), h.view(x.shape)
+        return norm(x.contiguous(), residual.contiguous(), weight, bias, eps,
+                    rms=kind == "rms_norm")
     h = x + residual
     norm: Callable = getattr(reference if name == "reference" else fast, kind)
     if name == "reference":
@@ -194,15 +193,12 @@ def dyt(
     name = _resolve("dyt", backend, x)
     if name == "reference":
         return reference.dyt(x, alpha, weight, bias)
-    rows = _rows(x)
     if name in ("cpp", "triton"):
         if not isinstance(alpha, Tensor):
             alpha = torch.tensor(float(alpha), device=x.device)
-        _, dyt_rows = _compiled(name)
-        y = dyt_rows(rows, alpha, weight, bias)
-    else:
-        y = fast.dyt(rows, alpha, weight, bias)
-    return y.view(x.shape)
+        _, compiled_dyt = _compiled(name)
+        return compiled_dyt(x.contiguous(), alpha, weight, bias)
+    return fast.dyt(_rows(x), alpha, weight, bias).view(x.shape)
 
 
 def add_rms_norm(

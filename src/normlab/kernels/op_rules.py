@@ -7,9 +7,10 @@ The Triton ops (`normlab::*`, CUDA) and the C++ ops (`normlab_cpu::*`, CPU) have
     dyt_fwd(x, alpha, weight?, bias?) -> y
     dyt_bwd(dy, x, alpha, weight?, need_dalpha, need_dw, need_db) -> (dx, dalpha, dw, db)
 
-x is (M, D) rows, contiguous. `h` is x + residual (empty without a residual), `mean` is empty
-for RMSNorm. A parameter gradient that is not needed comes back empty (dalpha: 0), so a
-kernel may skip its column sums, the costliest part of a backward that only needs dx.
+x is (..., D), contiguous, read as M rows of D (M the product of the leading dimensions). `h`
+is x + residual (empty without a residual), `mean` is empty for RMSNorm. A parameter gradient
+that is not needed comes back empty (dalpha: 0), so a kernel may skip its column sums, the
+costliest part of a backward that only needs dx.
 Statistics and parameter gradients are float32, float64 for float64 input (which
 only the C++ ops take); the autograd rule casts parameter gradients to the parameters' dtype.
 """
@@ -31,14 +32,19 @@ def stat_empty(x: Tensor, *shape: int) -> Tensor:
     return torch.empty(shape, device=x.device, dtype=stat_dtype(x))
 
 
+def n_rows(x: Tensor) -> int:
+    """M, the number of rows of D = x.shape[-1] channels."""
+    return x.numel() // x.shape[-1]
+
+
 def norm_fwd_fake(x, residual, weight, bias, eps, rms):
-    m = x.shape[0]
+    m = n_rows(x)
     h = torch.empty_like(x) if residual is not None else x.new_empty(0)
     return torch.empty_like(x), h, stat_empty(x, 0 if rms else m), stat_empty(x, m)
 
 
 def norm_bwd_fake(dy, dh, x, weight, mean, rstd, need_dw, need_db, rms):
-    d = x.shape[1]
+    d = x.shape[-1]
     dw, db = stat_empty(x, d if need_dw else 0), stat_empty(x, d if need_db else 0)
     return torch.empty_like(x), dw, db
 
@@ -48,7 +54,7 @@ def dyt_fwd_fake(x, alpha, weight, bias):
 
 
 def dyt_bwd_fake(dy, x, alpha, weight, need_dalpha, need_dw, need_db):
-    d = x.shape[1]
+    d = x.shape[-1]
     return (
         torch.empty_like(x),
         stat_empty(x),
@@ -108,13 +114,19 @@ def _dyt_backward_with(dyt_bwd: Callable) -> Callable:
     return backward
 
 
-def register(norm_fwd, norm_bwd, dyt_fwd, dyt_bwd) -> None:
-    """Register the fake and autograd rules of four ops: custom-op objects (Triton) or
-    `OpOverload`s (C++); the backward rules call `norm_bwd` / `dyt_bwd`."""
+def register_fakes(norm_fwd, norm_bwd, dyt_fwd, dyt_bwd) -> None:
+    """Register the fake (meta) rules of the four ops, which torch.compile traces with."""
     fakes = ((norm_fwd, norm_fwd_fake), (norm_bwd, norm_bwd_fake),
              (dyt_fwd, dyt_fwd_fake), (dyt_bwd, dyt_bwd_fake))
     for op, fake in fakes:
         torch.library.register_fake(op, fake)
+
+
+def register(norm_fwd, norm_bwd, dyt_fwd, dyt_bwd) -> None:
+    """Register the fake and autograd rules of four custom-op objects (the Triton ops); the
+    backward rules call `norm_bwd` / `dyt_bwd`. The C++ ops carry the same autograd rules in
+    C++ (norm_kernels.cpp) and take only the fakes from here."""
+    register_fakes(norm_fwd, norm_bwd, dyt_fwd, dyt_bwd)
     torch.library.register_autograd(
         norm_fwd, _norm_backward_with(norm_bwd), setup_context=_norm_setup
     )
@@ -140,6 +152,7 @@ def entry_points(norm_fwd: Callable, dyt_fwd: Callable) -> tuple[Callable, Calla
         return y, (h if residual is not None else None)
 
     def dyt(x: Tensor, alpha: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
-        return dyt_fwd(x, alpha.reshape(()).contiguous(), _contiguous(weight), _contiguous(bias))
+        alpha = alpha if alpha.dim() == 0 else alpha.reshape(())
+        return dyt_fwd(x, alpha.contiguous(), _contiguous(weight), _contiguous(bias))
 
     return norm, dyt

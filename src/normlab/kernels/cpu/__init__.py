@@ -43,7 +43,7 @@ def _load() -> str | None:
     except (OSError, RuntimeError) as err:
         return f"the C++ kernels at {path} do not load ({err}); rebuild them against this torch"
     ops = torch.ops.normlab_cpu
-    op_rules.register(
+    op_rules.register_fakes(
         ops.norm_fwd.default, ops.norm_bwd.default, ops.dyt_fwd.default, ops.dyt_bwd.default
     )
     return None

@@ -37,7 +37,7 @@ def norm_fwd(
     x: Tensor, residual: Tensor | None, weight: Tensor | None, bias: Tensor | None,
     eps: float, rms: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    m, d = x.shape
+    m, d = op_rules.n_rows(x), x.shape[-1]
     y = torch.empty_like(x)
     h = torch.empty_like(x) if residual is not None else x.new_empty(0)
     mean = _f32(x, 0 if rms else m)
@@ -59,7 +59,7 @@ def norm_bwd(
     dy: Tensor, dh: Tensor | None, x: Tensor, weight: Tensor | None, mean: Tensor,
     rstd: Tensor, need_dw: bool, need_db: bool, rms: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    m, d = x.shape
+    m, d = op_rules.n_rows(x), x.shape[-1]
     dx = torch.empty_like(x)
     progs = _programs(x, m)
     dw_part = _f32(x, progs, d) if weight is not None else _f32(x, 0)
@@ -79,7 +79,7 @@ def norm_bwd(
 
 @torch.library.custom_op("normlab::dyt_fwd", mutates_args=())
 def dyt_fwd(x: Tensor, alpha: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
-    m, d = x.shape
+    m, d = op_rules.n_rows(x), x.shape[-1]
     y = torch.empty_like(x)
     if m:
         block = K.block_size(d)
@@ -96,7 +96,7 @@ def dyt_bwd(
     dy: Tensor, x: Tensor, alpha: Tensor, weight: Tensor | None, need_dalpha: bool,
     need_dw: bool, need_db: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    m, d = x.shape
+    m, d = op_rules.n_rows(x), x.shape[-1]
     dx = torch.empty_like(x)
     progs = _programs(x, m)
     da_part = torch.zeros(progs, device=x.device, dtype=torch.float32)
