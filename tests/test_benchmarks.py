@@ -34,3 +34,20 @@ def test_norm_kernels(tmp_path):
 def test_quick_runs_print_ratios(script):
     summary = json.loads(run(script, "--quick", "--no-save").strip().splitlines()[-1])
     assert summary and all(v > 0 for v in summary.values())
+
+
+def test_norm_kernels_keeps_the_baseline_and_the_chosen_providers(tmp_path):
+    csv = tmp_path / "rows.csv"
+    run("bench_norm_kernels.py", "--shapes", "16x8", "--ops", "dyt", "--repeats", "1",
+        "--inner", "1", "--warmup", "0", "--providers", "normlab[torch]", "--csv", str(csv))
+    providers = {line.split(",")[11] for line in csv.read_text().splitlines()[1:]}
+    assert providers == {"nn.LayerNorm", "normlab[torch]"}
+
+
+def test_step_share_prints_fractions_of_a_step():
+    out = run("bench_step_share.py", "--steps", "1")
+    lines = [line for line in out.splitlines() if "step" in line and "%" in line]
+    assert [line.split()[0] for line in lines] == ["layernorm", "rmsnorm"]
+    for line in lines:
+        fractions = [float(v.rstrip("%")) for v in line.split() if v.endswith("%")]
+        assert len(fractions) == 2 and all(0 < f < 100 for f in fractions)
