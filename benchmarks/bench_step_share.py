@@ -13,26 +13,18 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torch.nn import functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from normlab.models.gpt import GPT, GPTConfig
+from bench_training_throughput import make_step
+from normlab.models import GPT, GPTConfig
 
 
 def profile_steps(norm: str, steps: int):
     """The profiler's per-op averages over `steps` training steps of the GPT with `norm`."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(depth=4, dim=128, heads=4, norm=norm, block_size=128))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    tokens = torch.randint(0, 256, (16, 128))
-
-    def step() -> None:
-        logits, _ = model(tokens)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
+    tokens = torch.randint(0, 256, (16, 129))
+    step = make_step("normlab", model, (tokens[:, :-1], tokens[:, 1:]))
     for _ in range(3):
         step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
