@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from tests.kernels.cases import call, make_inputs
+from tests.kernels.cases import call, make_inputs, ref_dyt
 
 from normlab import kernels
 from normlab.kernels import cpu
@@ -80,20 +80,46 @@ def test_the_ops_take_any_leading_shape_as_rows():
         ops.dyt_fwd(x.transpose(0, 1), torch.tensor(0.5), w, None)
 
 
+# α = 1 is the plain rational; the AVX2 loops fold other α into its coefficients for |α| in
+# [2⁻⁸, 2⁸] (both ends included here); 2⁻⁹ and 300 take the plain loops.
+FLOAT_ALPHAS = [1.0, 0.7, -0.5, 2.0**-8, 2.0**8, 2.0**-9, 300.0]
+
+
 @needs_cpp
-def test_float32_tanh_within_a_few_ulp_and_nan_propagates():
+@pytest.mark.parametrize("alpha", FLOAT_ALPHAS)
+def test_float32_tanh_within_a_few_ulp_and_nan_propagates(alpha):
     z = torch.cat([
         torch.linspace(-12, 12, 200_001),
         torch.tensor([0.0, -0.0, 1e-30, -1e-38, 1e-3, 9.0, 1e4, float("inf"), -float("inf")]),
     ])
-    t = kernels.dyt(z, 1.0, backend="cpp")
-    exact = torch.tanh(z.double())
+    x = (z / alpha).float()
+    t = kernels.dyt(x, alpha, backend="cpp")
+    exact = torch.tanh(alpha * x.double())
     rel = (t.double() - exact).abs() / exact.abs().clamp_min(1e-300)
     nonzero = exact != 0
     assert rel[nonzero].max() < 6 * 2.0**-24  # 6 ulp of float32
-    assert torch.equal(t[exact == 0], z[exact == 0])
-    nan = kernels.dyt(torch.tensor([[1.0, float("nan"), -2.0]]), 0.5, backend="cpp")
+    assert torch.equal(t[exact == 0], x[exact == 0])
+    nan = kernels.dyt(torch.tensor([[1.0, float("nan"), -2.0]]), alpha, backend="cpp")
     assert nan.isnan().tolist() == [[False, True, False]]
+
+
+@needs_cpp
+@pytest.mark.parametrize("alpha", FLOAT_ALPHAS)
+@pytest.mark.parametrize("d", [1, 7, 16, 45])
+def test_float32_dyt_on_every_path_matches_the_reference(alpha, d):
+    # d = 45: two lines of 16, then 8 lanes, then 5 masked ones.
+    inputs = make_inputs("dyt", (6, d), torch.float32)
+    inputs["alpha"] = torch.tensor(alpha, requires_grad=True)
+    out = call("dyt", inputs, "cpp")[0]
+    ref = ref_dyt(inputs["x"], inputs["alpha"], inputs["weight"], inputs["bias"])
+    scale = max(1.0, abs(alpha))  # dx and dα grow with α
+    torch.testing.assert_close(out.double(), ref, atol=2e-6, rtol=2e-6)
+    g = torch.randn_like(out)
+    leaves = [inputs[k] for k in ("x", "alpha", "weight", "bias")]
+    got = torch.autograd.grad(out, leaves, g)
+    want = torch.autograd.grad(ref, leaves, g.double())
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a.double(), b.double(), atol=1e-5 * scale, rtol=1e-5)
 
 
 @needs_cpp

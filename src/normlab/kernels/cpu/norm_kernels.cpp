@@ -9,12 +9,13 @@
 //   normlab_cpu::dyt_bwd(dy, x, alpha, weight?, need_dalpha, need_dw, need_db)
 //       -> (dx, dalpha, dw, db)
 //
-// x is (..., D), contiguous, read as M rows of D; float16/bfloat16/float32/float64. Statistics, parameters and parameter
-// gradients are in the accumulation type A: double for float64 input, float otherwise.
+// x is (..., D), contiguous, read as M rows of D; float16/bfloat16/float32/float64. Statistics,
+// parameters and parameter gradients are in the accumulation type A: double for float64 input,
+// float otherwise.
 //
 //   LayerNorm   y = (h − μ)·rstd·w + b,   rstd = 1/sqrt(mean((h − μ)²) + eps)
 //   RMSNorm     y = h·rstd·w + b,         rstd = 1/sqrt(mean(h²) + eps)
-//   backward    dx = rstd·(g·w − [mean(g·w)] − x̂·mean(g·w·x̂)) (+ dh), the bracket for LayerNorm only
+//   backward    dx = rstd·(g·w − [mean(g·w)] − x̂·mean(g·w·x̂)) (+ dh), [..] in LayerNorm only
 //   DyT         y = w·tanh(α·x) + b,      dx = g·w·α·(1 − t²), dα = Σ g·w·x·(1 − t²)
 //
 // Every row is read once per pass from L1/L2 (a row of a few KB stays cached between the
@@ -28,6 +29,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/mul.h>
 #include <ATen/ops/zeros.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
@@ -55,43 +57,107 @@ using at::Tensor;
 // in float), P and Q of degree 4 with P(0) = Q(0) = 1, fitted to tanh for least relative error
 // (2.6e-8 in exact arithmetic, at most 3.3e-7 = 5.6 ulp in float). The clamps keep a NaN: like
 // x86's min/max instructions, `9 < z ? 9 : z` returns z when z is NaN.
+constexpr float kTanhP[5] = {1.0f, 1.33784382e-1f, 3.49243749e-3f, 2.05548349e-5f,
+                             1.32766655e-8f};
+constexpr float kTanhQ[5] = {1.0f, 4.67117584e-1f, 2.58651895e-2f, 3.28036856e-4f,
+                             7.74513882e-7f};
+
 inline float tanh_of(float z) {
   float c = 9.0f < z ? 9.0f : z;
   c = -9.0f > c ? -9.0f : c;
   const float s = c * c;
-  const float p =
-      (((1.32766655e-8f * s + 2.05548349e-5f) * s + 3.49243749e-3f) * s + 1.33784382e-1f) * s +
-      1.0f;
-  const float q =
-      (((7.74513882e-7f * s + 3.28036856e-4f) * s + 2.58651895e-2f) * s + 4.67117584e-1f) * s +
-      1.0f;
+  float p = kTanhP[4], q = kTanhQ[4];
+  for (int i = 3; i >= 0; --i) {
+    p = p * s + kTanhP[i];
+    q = q * s + kTanhQ[i];
+  }
   return c * p / q;
 }
 
 #ifdef NORMLAB_AVX2
 inline __m256 splat(float v) { return _mm256_set1_ps(v); }
 
-// tanh_of on eight lanes: the same operations in the same order, so the same results. GCC
-// vectorizes tanh_of's clamps into compare-and-blend sequences instead of min/max, so the
-// float loops are written by hand with this.
-inline __m256 tanh8(__m256 z) {
-  const __m256 c = _mm256_max_ps(splat(-9.0f), _mm256_min_ps(splat(9.0f), z));
-  const __m256 s = _mm256_mul_ps(c, c);
-  __m256 p = _mm256_fmadd_ps(splat(1.32766655e-8f), s, splat(2.05548349e-5f));
-  p = _mm256_fmadd_ps(p, s, splat(3.49243749e-3f));
-  p = _mm256_fmadd_ps(p, s, splat(1.33784382e-1f));
-  p = _mm256_fmadd_ps(p, s, splat(1.0f));
-  __m256 q = _mm256_fmadd_ps(splat(7.74513882e-7f), s, splat(3.28036856e-4f));
-  q = _mm256_fmadd_ps(q, s, splat(2.58651895e-2f));
-  q = _mm256_fmadd_ps(q, s, splat(4.67117584e-1f));
-  q = _mm256_fmadd_ps(q, s, splat(1.0f));
-  return _mm256_div_ps(_mm256_mul_ps(c, p), q);
-}
+// tanh(α·x) on eight lanes, with α folded into the coefficients of tanh_of: for c = x clamped
+// to ±9/|α|,
+//   tanh(α·c) ≈ c·P̃(c²)/Q̃(c²),   p̃ᵢ = α^(2i+1)·pᵢ,   q̃ᵢ = α^(2i)·qᵢ,
+// which spares the product α·x, one of the twelve multiplies or FMAs per element that bound the
+// forward on CPUs with 128-bit FP units. At α = 1 the coefficients are tanh_of's. The
+// folded coefficients and the Horner sums made of them stay normal floats while `folds(α)`;
+// other α take the plain loops. GCC vectorizes tanh_of's clamps into compare-and-blend
+// sequences instead of min/max, so the float loops are written by hand with this.
+class ScaledTanh8 {
+ public:
+  static bool folds(float alpha) {
+    const float a = std::fabs(alpha);
+    return a >= 0x1p-8f && a <= 0x1p8f;
+  }
+
+  explicit ScaledTanh8(float alpha)
+      : hi_(splat(9.0f / std::fabs(alpha))), lo_(splat(-9.0f / std::fabs(alpha))) {
+    double even = 1.0;  // α^(2i)
+    for (int i = 0; i < 5; ++i) {
+      p_[i] = splat(static_cast<float>(alpha * even * kTanhP[i]));
+      q_[i] = splat(static_cast<float>(even * kTanhQ[i]));
+      even *= double(alpha) * alpha;
+    }
+  }
+
+  __m256 operator()(__m256 x) const {
+    const __m256 c = _mm256_max_ps(lo_, _mm256_min_ps(hi_, x));
+    const __m256 s = _mm256_mul_ps(c, c);
+    __m256 p = p_[4], q = q_[4];
+    for (int i = 3; i >= 0; --i) {
+      p = _mm256_fmadd_ps(p, s, p_[i]);
+      q = _mm256_fmadd_ps(q, s, q_[i]);
+    }
+    return _mm256_div_ps(_mm256_mul_ps(c, p), q);
+  }
+
+ private:
+  __m256 hi_, lo_, p_[5], q_[5];
+};
 
 inline float sum8(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+// Loads and stores of eight lanes: all of them, or only the first n (the end of a row). Masked
+// lanes load as 0 and are not stored.
+struct AllLanes {
+  __m256 load(const float* p) const { return _mm256_loadu_ps(p); }
+  void store(float* p, __m256 v) const { _mm256_storeu_ps(p, v); }
+};
+
+struct FirstLanes {
+  explicit FirstLanes(int64_t n)
+      : mask(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(n, 8))),
+                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))) {}
+  __m256 load(const float* p) const { return _mm256_maskload_ps(p, mask); }
+  void store(float* p, __m256 v) const { _mm256_maskstore_ps(p, mask, v); }
+  __m256i mask;
+};
+
+// How far ahead of the loads the float loops prefetch: 2 KB, a few hundred cycles of work.
+constexpr int64_t kPrefetchAhead = 512;
+
+inline void prefetch(const float* p) {
+  _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0);
+}
+
+// Runs lanes(i, io) over a row of d floats: one 64-byte line (two vectors) per step, after
+// prefetch_line(i + kPrefetchAhead), then the rest eight lanes at a time, the last ones masked,
+// so every element of a row goes through the same operations.
+template <typename Prefetch, typename Lanes>
+void for_lanes(int64_t d, Prefetch&& prefetch_line, Lanes&& lanes) {
+  const int64_t body = d / 16 * 16;
+  for (int64_t i = 0; i < body; i += 16) {
+    prefetch_line(i + kPrefetchAhead);
+    lanes(i, AllLanes{});
+    lanes(i + 8, AllLanes{});
+  }
+  for (int64_t i = body; i < d; i += 8) lanes(i, FirstLanes(d - i));
 }
 #endif
 
@@ -284,6 +350,14 @@ std::tuple<Tensor, Tensor, Tensor> norm_bwd(const Tensor& dy, const OptTensor& d
 
 // ----------------------------------------------------------------------------------------- DyT
 
+// row(r) for every row r < m, the rows split over ATen's thread pool.
+template <typename Row>
+void parallel_rows(int64_t m, int64_t d, Row&& row) {
+  at::parallel_for(0, m, grain_rows(d), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) row(r);
+  });
+}
+
 // One row of the forward: y = w·tanh(α·x) + b.
 template <typename T, typename A>
 void dyt_fwd_row(const T* x, A alpha, const A* w, const A* b, T* y, int64_t d) {
@@ -291,38 +365,29 @@ void dyt_fwd_row(const T* x, A alpha, const A* w, const A* b, T* y, int64_t d) {
   for (int64_t i = 0; i < d; ++i) y[i] = static_cast<T>(tanh_of(alpha * A(x[i])) * w[i] + b[i]);
 }
 
-#ifdef NORMLAB_AVX2
-// How far ahead of the loads the float loops prefetch: 2 KB, a few hundred cycles of work.
-constexpr int64_t kPrefetchAhead = 512;
-
-inline void prefetch(const float* p) {
-  _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0);
+// The fast path of the forward: float rows on eight lanes with the folded tanh, where α folds.
+// Returns whether it ran; the generic overload never does.
+template <typename T, typename A>
+bool dyt_fwd_folded(const T*, A, const A*, const A*, T*, int64_t, int64_t) {
+  return false;
 }
 
-// The float row with tanh8, one 64-byte line (16 floats) per iteration; the tail takes the
-// generic loop.
-void dyt_fwd_row(const float* x, float alpha, const float* w, const float* b, float* y,
-                 int64_t d) {
-  const __m256 a = splat(alpha);
-  const auto lanes = [&](int64_t i) {
-    const __m256 t = tanh8(_mm256_mul_ps(a, _mm256_loadu_ps(x + i)));
-    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(t, _mm256_loadu_ps(w + i), _mm256_loadu_ps(b + i)));
-  };
-  const int64_t body = d / 16 * 16;
-  for (int64_t i = 0; i < body; i += 16) {
-    prefetch(x + i + kPrefetchAhead);
-    lanes(i);
-    lanes(i + 8);
-  }
-  dyt_fwd_row<float, float>(x + body, alpha, w + body, b + body, y + body, d - body);
+#ifdef NORMLAB_AVX2
+void dyt_fwd_row(const float* x, const ScaledTanh8& tanh, const float* w, const float* b,
+                 float* y, int64_t d) {
+  for_lanes(d, [&](int64_t i) { prefetch(x + i); }, [&](int64_t i, const auto& io) {
+    io.store(y + i, _mm256_fmadd_ps(tanh(io.load(x + i)), io.load(w + i), io.load(b + i)));
+  });
+}
+
+bool dyt_fwd_folded(const float* x, float alpha, const float* w, const float* b, float* y,
+                    int64_t m, int64_t d) {
+  if (!ScaledTanh8::folds(alpha)) return false;
+  const ScaledTanh8 tanh(alpha);
+  parallel_rows(m, d, [&](int64_t r) { dyt_fwd_row(x + r * d, tanh, w, b, y + r * d, d); });
+  return true;
 }
 #endif
-
-template <typename T, typename A>
-void dyt_fwd_rows(const T* x, A alpha, const A* w, const A* b, T* y, int64_t r0, int64_t r1,
-                  int64_t d) {
-  for (int64_t r = r0; r < r1; ++r) dyt_fwd_row(x + r * d, alpha, w, b, y + r * d, d);
-}
 
 Tensor dyt_fwd(const Tensor& x, const Tensor& alpha, const OptTensor& weight,
                const OptTensor& bias) {
@@ -334,10 +399,11 @@ Tensor dyt_fwd(const Tensor& x, const Tensor& alpha, const OptTensor& weight,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dyt_fwd", [&] {
     using A = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const A a = alpha.item<A>();
-    at::parallel_for(0, m, grain_rows(d), [&](int64_t r0, int64_t r1) {
-      dyt_fwd_rows<scalar_t, A>(x.data_ptr<scalar_t>(), a, w.data_ptr<A>(),
-                                b.data_ptr<A>(), y.data_ptr<scalar_t>(), r0, r1, d);
-    });
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    const A *wp = w.data_ptr<A>(), *bp = b.data_ptr<A>();
+    if (dyt_fwd_folded(xp, a, wp, bp, yp, m, d)) return;
+    parallel_rows(m, d, [&](int64_t r) { dyt_fwd_row(xp + r * d, a, wp, bp, yp + r * d, d); });
   });
   return y;
 }
@@ -369,46 +435,51 @@ A dyt_bwd_row(const T* g, const T* x, A alpha, const A* w, T* dx, A* dw, A* db, 
   return da;
 }
 
+// The fast path of the backward, like dyt_fwd_folded: run_chunks(row) runs row(r, dw, db) on
+// every row r and sums what it returns, the row's part of dα.
+template <typename T, typename A, typename Chunks>
+bool dyt_bwd_folded(const T*, const T*, A, const Tensor&, T*, int64_t, Chunks&&) {
+  return false;
+}
+
 #ifdef NORMLAB_AVX2
-float dyt_bwd_row(const float* g, const float* x, float alpha, const float* w, float* dx,
-                  float* dw, float* db, int64_t d) {
-  const __m256 a = splat(alpha);
-  __m256 da = _mm256_setzero_ps();
-  const auto lanes = [&](int64_t i) {
-    const __m256 xv = _mm256_loadu_ps(x + i);
-    const __m256 t = tanh8(_mm256_mul_ps(a, xv));
-    const __m256 gv = _mm256_loadu_ps(g + i);
-    const __m256 gws = _mm256_mul_ps(_mm256_mul_ps(gv, _mm256_loadu_ps(w + i)),
-                                     _mm256_fnmadd_ps(t, t, splat(1.0f)));
-    _mm256_storeu_ps(dx + i, _mm256_mul_ps(gws, a));
-    if (dw != nullptr) {
-      da = _mm256_fmadd_ps(gws, xv, da);
-      _mm256_storeu_ps(dw + i, _mm256_fmadd_ps(gv, t, _mm256_loadu_ps(dw + i)));
-      _mm256_storeu_ps(db + i, _mm256_add_ps(_mm256_loadu_ps(db + i), gv));
-    }
+// The float row on eight lanes with the folded tanh and wa = w·α: dx = g·wa·(1 − t²). With dw
+// (and db) given, it adds g·t to dw and g to db, and returns Σ dx·x = α·(the row's part of dα).
+float dyt_bwd_row(const float* g, const float* x, const ScaledTanh8& tanh, const float* wa,
+                  float* dx, float* dw, float* db, int64_t d) {
+  __m256 dx_x = _mm256_setzero_ps();
+  const auto prefetch_line = [&](int64_t i) {
+    prefetch(x + i);
+    prefetch(g + i);
   };
-  const int64_t body = d / 16 * 16;
-  for (int64_t i = 0; i < body; i += 16) {
-    prefetch(x + i + kPrefetchAhead);
-    prefetch(g + i + kPrefetchAhead);
-    lanes(i);
-    lanes(i + 8);
-  }
-  const float tail = dyt_bwd_row<float, float>(g + body, x + body, alpha, w + body, dx + body,
-                                               dw == nullptr ? nullptr : dw + body,
-                                               db == nullptr ? nullptr : db + body, d - body);
-  return sum8(da) + tail;
+  for_lanes(d, prefetch_line, [&](int64_t i, const auto& io) {
+    const __m256 xv = io.load(x + i), gv = io.load(g + i);
+    const __m256 t = tanh(xv);
+    const __m256 dxv = _mm256_mul_ps(_mm256_mul_ps(gv, io.load(wa + i)),
+                                     _mm256_fnmadd_ps(t, t, splat(1.0f)));
+    io.store(dx + i, dxv);
+    if (dw != nullptr) {
+      dx_x = _mm256_fmadd_ps(dxv, xv, dx_x);
+      io.store(dw + i, _mm256_fmadd_ps(gv, t, io.load(dw + i)));
+      io.store(db + i, _mm256_add_ps(io.load(db + i), gv));
+    }
+  });
+  return sum8(dx_x);
+}
+
+template <typename Chunks>
+bool dyt_bwd_folded(const float* g, const float* x, float alpha, const Tensor& w, float* dx,
+                    int64_t d, Chunks&& run_chunks) {
+  if (!ScaledTanh8::folds(alpha)) return false;
+  const ScaledTanh8 tanh(alpha);
+  const Tensor wa = at::mul(w, alpha);
+  const float* wap = wa.data_ptr<float>();
+  run_chunks([&](int64_t r, float* dw, float* db) {
+    return dyt_bwd_row(g + r * d, x + r * d, tanh, wap, dx + r * d, dw, db, d) / alpha;
+  });
+  return true;
 }
 #endif
-
-template <typename T, typename A>
-void dyt_bwd_rows(const T* dy, const T* x, A alpha, const A* w, T* dx, A* da_part, A* dw_part,
-                  A* db_part, int64_t r0, int64_t r1, int64_t d) {
-  A da = 0;
-  for (int64_t r = r0; r < r1; ++r)
-    da += dyt_bwd_row(dy + r * d, x + r * d, alpha, w, dx + r * d, dw_part, db_part, d);
-  if (da_part != nullptr) *da_part = da;
-}
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> dyt_bwd(const Tensor& dy, const Tensor& x,
                                                    const Tensor& alpha, const OptTensor& weight,
@@ -431,15 +502,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dyt_bwd(const Tensor& dy, const Tenso
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dyt_bwd", [&] {
     using A = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const A a = alpha.item<A>();
-    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        dyt_bwd_rows<scalar_t, A>(
-            dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), a, w.data_ptr<A>(),
-            dx.data_ptr<scalar_t>(), sums ? da_part.data_ptr<A>() + c : nullptr,
-            sums ? dw_part.data_ptr<A>() + c * d : nullptr,
-            sums ? db_part.data_ptr<A>() + c * d : nullptr, chunk_begin(c, chunks, m),
-            chunk_begin(c + 1, chunks, m), d);
-      }
+    const scalar_t *gp = dy.data_ptr<scalar_t>(), *xp = x.data_ptr<scalar_t>();
+    scalar_t* dxp = dx.data_ptr<scalar_t>();
+    // Each chunk of rows sums its part of dα, dw and db (when asked) into its own slots;
+    // row(r, dw, db) runs row r and returns its part of dα.
+    const auto run_chunks = [&](auto&& row) {
+      at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          A* dw = sums ? dw_part.data_ptr<A>() + c * d : nullptr;
+          A* db = sums ? db_part.data_ptr<A>() + c * d : nullptr;
+          A da = 0;
+          for (int64_t r = chunk_begin(c, chunks, m); r < chunk_begin(c + 1, chunks, m); ++r)
+            da += row(r, dw, db);
+          da_part.data_ptr<A>()[c] = da;
+        }
+      });
+    };
+    if (dyt_bwd_folded(gp, xp, a, w, dxp, d, run_chunks)) return;
+    const A* wp = w.data_ptr<A>();
+    run_chunks([&](int64_t r, A* dw, A* db) {
+      return dyt_bwd_row(gp + r * d, xp + r * d, a, wp, dxp + r * d, dw, db, d);
     });
   });
   return {dx, da_part.sum(), need_dw ? dw_part.sum(0) : dw_part.new_empty({0}),
