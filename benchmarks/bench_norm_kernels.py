@@ -8,7 +8,9 @@ graph) and forward+backward, the backward computing the gradients of the inputs 
 parameters as training does (--grads inputs: of the inputs alone, which lets ATen's LayerNorm
 skip its parameter sums while a custom op cannot know they are not wanted): the median and
 the 10th/90th percentiles over --repeats repeats of --inner calls each. The providers take turns
-within each repeat, so that the machine's slow spells hit all of them alike. GB/s counts the
+within each repeat, so that the machine's slow spells hit all of them alike. On CUDA the times
+are GPU times from triton.testing.do_bench instead (CUDA events, L2 flushed before each call),
+and the default shapes sweep the hidden size from 1024 to 8192. GB/s counts the
 bytes an ideal fused kernel must move (forward: read x, write y; backward: read x and dy, write
 dx; the residual ops add their extra tensor each way) and is also given as a fraction of the
 copy bandwidth measured in the same run. Every time is also given as a ratio to
@@ -42,6 +44,10 @@ from normlab import kernels  # noqa: E402
 from normlab.kernels import cpu  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "norm_kernels.csv"
+DEFAULT_SHAPES = {
+    "cpu": "4096x768,16384x1024",
+    "cuda": "16384x1024,16384x2048,16384x4096,16384x8192",
+}
 MODES = ("fwd", "bwd", "fwd+bwd")
 
 
@@ -52,8 +58,15 @@ def synchronize(device: str) -> None:
 
 def measure(fns: dict[str, Callable[[], object]], device: str, repeats: int, inner: int,
             warmup: int) -> dict[str, tuple[float, float, float]]:
-    """{name: (median, 10th, 90th percentile)} of the per-call time in ms. The functions take
-    turns within every repeat, so a slow spell of the machine hits all of them alike."""
+    """{name: (median, 10th, 90th percentile)} of the per-call time in ms. On CPU the functions
+    take turns within every repeat, so a slow spell of the machine hits all of them alike. On
+    CUDA the times are the GPU's own, from `triton.testing.do_bench`: CUDA events around each
+    call, the L2 cache flushed before it. The flush keeps the GPU busy while Python launches the
+    call, so the launch overhead does not count, as it does not in a training step."""
+    if device == "cuda":
+        from triton.testing import do_bench
+
+        return {name: tuple(do_bench(fn, quantiles=[0.5, 0.1, 0.9])) for name, fn in fns.items()}
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -174,7 +187,11 @@ def timed_calls(fn, params, x, r, args) -> dict[str, Callable[[], object]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shapes", default="4096x768,16384x1024")
+    parser.add_argument(
+        "--shapes", default=None,
+        help=f"comma-separated MxD (default: {DEFAULT_SHAPES['cpu']} on CPU, hidden sizes "
+        f"1024-8192 on CUDA: {DEFAULT_SHAPES['cuda']})",
+    )
     parser.add_argument("--ops", default="rms_norm,layer_norm,dyt,add_rms_norm")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -210,7 +227,7 @@ def main() -> None:
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
     rows = []
     elt = torch.finfo(dtype).bits // 8
-    for shape in args.shapes.split(","):
+    for shape in (args.shapes or DEFAULT_SHAPES[device]).split(","):
         m, d = (int(v) for v in shape.lower().split("x"))
         torch.manual_seed(0)
         x0 = torch.randn(m, d, device=device, dtype=dtype)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -19,6 +20,29 @@ def run(script: str, *args: str) -> str:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
+
+
+def test_norm_kernels_on_cuda_takes_gpu_times_over_the_target_hidden_sizes(monkeypatch):
+    # No GPU here: do_bench is replaced, to check what the CUDA path asks of it and returns.
+    triton_testing = pytest.importorskip("triton.testing")
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    for name, value in {"MALLOC_MMAP_THRESHOLD_": "1073741824",
+                        "MALLOC_TRIM_THRESHOLD_": "17179869184"}.items():
+        monkeypatch.setenv(name, value)  # else importing the script re-executes this process
+    bench = importlib.import_module("bench_norm_kernels")
+    timed = []
+
+    def do_bench(fn, quantiles):
+        timed.append(fn)
+        return [2.0 * len(timed), 1.0, 3.0] if quantiles == [0.5, 0.1, 0.9] else None
+
+    monkeypatch.setattr(triton_testing, "do_bench", do_bench)
+    fns = {"a": lambda: None, "b": lambda: None}
+    out = bench.measure(fns, "cuda", repeats=5, inner=2, warmup=1)
+    assert out == {"a": (2.0, 1.0, 3.0), "b": (4.0, 1.0, 3.0)}
+    assert timed == [fns["a"], fns["b"]]
+    hidden = {int(s.split("x")[1]) for s in bench.DEFAULT_SHAPES["cuda"].split(",")}
+    assert min(hidden) == 1024 and max(hidden) == 8192
 
 
 def test_norm_kernels(tmp_path):

@@ -14,9 +14,9 @@ from normlab.models import GPT, GPTConfig, ViT, ViTConfig
 from normlab.norms import list_norms
 
 NORMS = [n for n in ("layernorm", "rmsnorm", "dyt") if n in list_norms()]
-# Adam steps and learning rates: the GPT learns slowly under some schemes at 3e-3 (post-DyT),
-# the norm-free ViT (tfixup) spikes at 1e-2.
-STEPS, GPT_LR, VIT_LR = 120, 1e-2, 3e-3
+# Adam steps and learning rates: post-DyT learns slowly at 3e-3 (the GPT barely moves, the ViT
+# ends near half its first loss), the norm-free ViT (tfixup) spikes at 1e-2.
+STEPS, GPT_LR, VIT_LR = 120, 1e-2, 5e-3
 
 
 def has_norms(scheme: str) -> bool:
@@ -27,8 +27,14 @@ def has_norms(scheme: str) -> bool:
 MATRIX = [(s, n) for s in SCHEMES for n in (NORMS if has_norms(s) else NORMS[:1])]
 
 
+# The end of a run is judged by its mean loss over the last steps: at these learning rates a
+# scheme may spike once near the end (post-DyT does, at a step that moves with the last bits of
+# the norm's rounding) and still have fitted the batch.
+LAST_STEPS = 20
+
+
 def overfit(model: torch.nn.Module, lr: float, *batch: torch.Tensor) -> tuple[float, float]:
-    """(first loss, last loss) of Adam steps on one fixed batch."""
+    """(first loss, mean loss of the last LAST_STEPS) of Adam steps on one fixed batch."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
     for _ in range(STEPS):
@@ -37,7 +43,7 @@ def overfit(model: torch.nn.Module, lr: float, *batch: torch.Tensor) -> tuple[fl
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return losses[0], losses[-1]
+    return losses[0], sum(losses[-LAST_STEPS:]) / LAST_STEPS
 
 
 @pytest.mark.parametrize(("scheme", "norm"), MATRIX)
@@ -47,8 +53,8 @@ def test_gpt_overfits_a_tiny_batch(scheme, norm):
                           placement=scheme))
     gen = torch.Generator().manual_seed(1)
     idx, targets = (torch.randint(0, 32, (4, 16), generator=gen) for _ in range(2))
-    first, last = overfit(model, GPT_LR, idx, targets)
-    assert last < 0.5 * first, (first, last)
+    first, end = overfit(model, GPT_LR, idx, targets)
+    assert end < 0.5 * first, (first, end)
 
 
 # Mean pooling: at N(0, 0.02) a class token is tiny, and with DyT (no rescaling) the classifier
@@ -62,12 +68,12 @@ def tiny_images() -> tuple[torch.Tensor, torch.Tensor]:
 def test_vit_overfits_a_tiny_batch(scheme, norm):
     torch.manual_seed(0)
     model = ViT(ViTConfig(depth=2, dim=32, heads=4, norm=norm, placement=scheme, pool="mean"))
-    first, last = overfit(model, VIT_LR, *tiny_images())
-    assert last < 0.5 * first, (first, last)
+    first, end = overfit(model, VIT_LR, *tiny_images())
+    assert end < 0.5 * first, (first, end)
 
 
 def test_vit_with_a_class_token_overfits():
     torch.manual_seed(0)
     model = ViT(ViTConfig(depth=2, dim=32, heads=4, pool="cls"))
-    first, last = overfit(model, VIT_LR, *tiny_images())
-    assert last < 0.5 * first, (first, last)
+    first, end = overfit(model, VIT_LR, *tiny_images())
+    assert end < 0.5 * first, (first, end)
