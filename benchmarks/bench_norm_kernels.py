@@ -60,9 +60,11 @@ def measure(fns: dict[str, Callable[[], object]], device: str, repeats: int, inn
             warmup: int) -> dict[str, tuple[float, float, float]]:
     """{name: (median, 10th, 90th percentile)} of the per-call time in ms. On CPU the functions
     take turns within every repeat, so a slow spell of the machine hits all of them alike. On
-    CUDA the times are the GPU's own, from `triton.testing.do_bench`: CUDA events around each
-    call, the L2 cache flushed before it. The flush keeps the GPU busy while Python launches the
-    call, so the launch overhead does not count, as it does not in a training step."""
+    CUDA the times are the GPU's own, from `triton.testing.do_bench` (which sets its own warmup
+    and repetitions; repeats, inner and warmup apply to CPU only): CUDA events around each call,
+    the L2 cache flushed before it. The flush keeps the GPU busy while Python launches the
+    call, so the launches overlap GPU work as in a training step; host gaps between the
+    kernels of one call still count."""
     if device == "cuda":
         from triton.testing import do_bench
 
@@ -196,7 +198,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=15, help="CPU only, as are the next two")
     parser.add_argument("--inner", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="add torch.compile rows (slow)")

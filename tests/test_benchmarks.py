@@ -26,8 +26,7 @@ def test_norm_kernels_on_cuda_takes_gpu_times_over_the_target_hidden_sizes(monke
     # No GPU here: do_bench is replaced, to check what the CUDA path asks of it and returns.
     triton_testing = pytest.importorskip("triton.testing")
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    for name, value in {"MALLOC_MMAP_THRESHOLD_": "1073741824",
-                        "MALLOC_TRIM_THRESHOLD_": "17179869184"}.items():
+    for name, value in importlib.import_module("benchenv").MALLOC_ENV.items():
         monkeypatch.setenv(name, value)  # else importing the script re-executes this process
     bench = importlib.import_module("bench_norm_kernels")
     timed = []

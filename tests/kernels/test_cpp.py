@@ -107,19 +107,38 @@ def test_float32_tanh_within_a_few_ulp_and_nan_propagates(alpha):
 @pytest.mark.parametrize("alpha", FLOAT_ALPHAS)
 @pytest.mark.parametrize("d", [1, 7, 16, 45])
 def test_float32_dyt_on_every_path_matches_the_reference(alpha, d):
-    # d = 45: two lines of 16, then 8 lanes, then 5 masked ones.
-    inputs = make_inputs("dyt", (6, d), torch.float32)
-    inputs["alpha"] = torch.tensor(alpha, requires_grad=True)
-    out = call("dyt", inputs, "cpp")[0]
+    # d = 45: two lines of 16, then eight lanes (a full mask), then 5 masked ones. 800 rows on
+    # two threads: at d = 45 the backward sums two chunks of rows. x is scaled by 1/|α| so that
+    # α·x stays in tanh's curved part at every α.
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        inputs = make_inputs("dyt", (800, d), torch.float32)
+        inputs["x"] = (inputs["x"].detach() / abs(alpha)).requires_grad_()
+        inputs["alpha"] = torch.tensor(alpha, requires_grad=True)
+        out = call("dyt", inputs, "cpp")[0]
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        leaves = [inputs[k] for k in ("x", "alpha", "weight", "bias")]
+        got = torch.autograd.grad(out, leaves, g, retain_graph=True)
+        (dx_alone,) = torch.autograd.grad(out, [inputs["x"]], g)  # no parameter sums
+    finally:
+        torch.set_num_threads(old)
     ref = ref_dyt(inputs["x"], inputs["alpha"], inputs["weight"], inputs["bias"])
-    scale = max(1.0, abs(alpha))  # dx and dα grow with α
     torch.testing.assert_close(out.double(), ref, atol=2e-6, rtol=2e-6)
-    g = torch.randn_like(out)
-    leaves = [inputs[k] for k in ("x", "alpha", "weight", "bias")]
-    got = torch.autograd.grad(out, leaves, g)
     want = torch.autograd.grad(ref, leaves, g.double())
-    for a, b in zip(got, want, strict=True):
-        torch.testing.assert_close(a.double(), b.double(), atol=1e-5 * scale, rtol=1e-5)
+    # dx = g·w·α·(1 − t²) grows with α. The parameter gradients sum float32 terms of both
+    # signs over the rows: their error is bounded by the sum of the terms' magnitudes.
+    x, w, g64 = inputs["x"].double(), inputs["weight"].double(), g.double()
+    t = torch.tanh(alpha * x)
+    magnitude = {
+        "alpha": (g64 * w * x * (1 - t * t)).abs().sum(),
+        "weight": (g64 * t).abs().sum(0).max(),
+        "bias": g64.abs().sum(0).max(),
+    }
+    atol = {"x": 1e-5 * max(1.0, abs(alpha)), **{k: 1e-6 * v.item() for k, v in magnitude.items()}}
+    for name, a, b in zip(("x", "alpha", "weight", "bias"), got, want, strict=True):
+        torch.testing.assert_close(a.double(), b.double(), atol=atol[name], rtol=1e-5)
+    assert torch.equal(dx_alone, got[0])
 
 
 @needs_cpp

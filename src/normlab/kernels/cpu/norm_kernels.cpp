@@ -35,6 +35,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdint>
 #if defined(__AVX2__) && defined(__FMA__)
 #define NORMLAB_AVX2 1
 #include <immintrin.h>
@@ -81,10 +82,11 @@ inline __m256 splat(float v) { return _mm256_set1_ps(v); }
 // to ±9/|α|,
 //   tanh(α·c) ≈ c·P̃(c²)/Q̃(c²),   p̃ᵢ = α^(2i+1)·pᵢ,   q̃ᵢ = α^(2i)·qᵢ,
 // which spares the product α·x, one of the twelve multiplies or FMAs per element that bound the
-// forward on CPUs with 128-bit FP units. At α = 1 the coefficients are tanh_of's. The
-// folded coefficients and the Horner sums made of them stay normal floats while `folds(α)`;
-// other α take the plain loops. GCC vectorizes tanh_of's clamps into compare-and-blend
-// sequences instead of min/max, so the float loops are written by hand with this.
+// forward on CPUs with 128-bit FP units. At α = 1 the coefficients are tanh_of's. The folded
+// coefficients and the Horner sums made of them stay normal floats while `folds(α)` (the
+// smallest, p̃₄, leaves the normal range below |α| ≈ 2⁻¹¹); other α take the plain loops. GCC
+// vectorizes tanh_of's clamps into compare-and-blend sequences instead of min/max, so the
+// float loops are written by hand with this.
 class ScaledTanh8 {
  public:
   static bool folds(float alpha) {
@@ -142,8 +144,11 @@ struct FirstLanes {
 // How far ahead of the loads the float loops prefetch: 2 KB, a few hundred cycles of work.
 constexpr int64_t kPrefetchAhead = 512;
 
-inline void prefetch(const float* p) {
-  _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0);
+// Prefetches element i of a float array. i may lie past the array's end: a prefetch does not
+// fault, and the address is formed as an integer, so no pointer leaves its array.
+inline void prefetch(const float* base, int64_t i) {
+  const auto address = reinterpret_cast<std::uintptr_t>(base) + sizeof(float) * i;
+  _mm_prefetch(reinterpret_cast<const char*>(address), _MM_HINT_T0);
 }
 
 // Runs lanes(i, io) over a row of d floats: one 64-byte line (two vectors) per step, after
@@ -373,18 +378,20 @@ bool dyt_fwd_folded(const T*, A, const A*, const A*, T*, int64_t, int64_t) {
 }
 
 #ifdef NORMLAB_AVX2
-void dyt_fwd_row(const float* x, const ScaledTanh8& tanh, const float* w, const float* b,
+void dyt_fwd_row(const float* x, const ScaledTanh8& scaled_tanh, const float* w, const float* b,
                  float* y, int64_t d) {
-  for_lanes(d, [&](int64_t i) { prefetch(x + i); }, [&](int64_t i, const auto& io) {
-    io.store(y + i, _mm256_fmadd_ps(tanh(io.load(x + i)), io.load(w + i), io.load(b + i)));
+  for_lanes(d, [&](int64_t i) { prefetch(x, i); }, [&](int64_t i, const auto& io) {
+    const __m256 t = scaled_tanh(io.load(x + i));
+    io.store(y + i, _mm256_fmadd_ps(t, io.load(w + i), io.load(b + i)));
   });
 }
 
 bool dyt_fwd_folded(const float* x, float alpha, const float* w, const float* b, float* y,
                     int64_t m, int64_t d) {
   if (!ScaledTanh8::folds(alpha)) return false;
-  const ScaledTanh8 tanh(alpha);
-  parallel_rows(m, d, [&](int64_t r) { dyt_fwd_row(x + r * d, tanh, w, b, y + r * d, d); });
+  const ScaledTanh8 scaled_tanh(alpha);
+  parallel_rows(m, d,
+                [&](int64_t r) { dyt_fwd_row(x + r * d, scaled_tanh, w, b, y + r * d, d); });
   return true;
 }
 #endif
@@ -444,17 +451,18 @@ bool dyt_bwd_folded(const T*, const T*, A, const Tensor&, T*, int64_t, Chunks&&)
 
 #ifdef NORMLAB_AVX2
 // The float row on eight lanes with the folded tanh and wa = w·α: dx = g·wa·(1 − t²). With dw
-// (and db) given, it adds g·t to dw and g to db, and returns Σ dx·x = α·(the row's part of dα).
-float dyt_bwd_row(const float* g, const float* x, const ScaledTanh8& tanh, const float* wa,
-                  float* dx, float* dw, float* db, int64_t d) {
+// (and db) given, it adds g·t to dw and g to db. It returns Σ dx·x, which is α times the row's
+// part of dα (the generic dyt_bwd_row returns that part itself).
+float dyt_bwd_row_scaled(const float* g, const float* x, const ScaledTanh8& scaled_tanh,
+                         const float* wa, float* dx, float* dw, float* db, int64_t d) {
   __m256 dx_x = _mm256_setzero_ps();
   const auto prefetch_line = [&](int64_t i) {
-    prefetch(x + i);
-    prefetch(g + i);
+    prefetch(x, i);
+    prefetch(g, i);
   };
   for_lanes(d, prefetch_line, [&](int64_t i, const auto& io) {
     const __m256 xv = io.load(x + i), gv = io.load(g + i);
-    const __m256 t = tanh(xv);
+    const __m256 t = scaled_tanh(xv);
     const __m256 dxv = _mm256_mul_ps(_mm256_mul_ps(gv, io.load(wa + i)),
                                      _mm256_fnmadd_ps(t, t, splat(1.0f)));
     io.store(dx + i, dxv);
@@ -471,11 +479,12 @@ template <typename Chunks>
 bool dyt_bwd_folded(const float* g, const float* x, float alpha, const Tensor& w, float* dx,
                     int64_t d, Chunks&& run_chunks) {
   if (!ScaledTanh8::folds(alpha)) return false;
-  const ScaledTanh8 tanh(alpha);
+  const ScaledTanh8 scaled_tanh(alpha);
   const Tensor wa = at::mul(w, alpha);
   const float* wap = wa.data_ptr<float>();
   run_chunks([&](int64_t r, float* dw, float* db) {
-    return dyt_bwd_row(g + r * d, x + r * d, tanh, wap, dx + r * d, dw, db, d) / alpha;
+    const float* gr = g + r * d;
+    return dyt_bwd_row_scaled(gr, x + r * d, scaled_tanh, wap, dx + r * d, dw, db, d) / alpha;
   });
   return true;
 }
