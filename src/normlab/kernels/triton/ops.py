@@ -49,7 +49,7 @@ def norm_fwd(
             x if bias is None else bias, y, y if residual is None else h,
             rstd if rms else mean, rstd, d, eps,
             IS_RMS=rms, HAS_RES=residual is not None, HAS_W=weight is not None,
-            HAS_B=bias is not None, BLOCK=block, num_warps=K.num_warps(block),
+            HAS_B=bias is not None, BLOCK=block, **K.launch_options(block),
         )
     return y, h, mean, rstd
 
@@ -70,7 +70,7 @@ def norm_bwd(
             dy, dy if dh is None else dh, x, x if weight is None else weight,
             rstd if rms else mean, rstd, dx, dw_part, db_part, m, d, triton.cdiv(m, progs),
             IS_RMS=rms, HAS_DH=dh is not None, HAS_W=weight is not None, HAS_B=need_db,
-            BLOCK=block, num_warps=K.num_warps(block),
+            BLOCK=block, **K.launch_options(block),
         )
     dw = dw_part.sum(0) if need_dw else _f32(x, 0)  # the kernel sums it whenever there is a weight
     db = db_part.sum(0) if need_db else _f32(x, 0)
@@ -86,7 +86,7 @@ def dyt_fwd(x: Tensor, alpha: Tensor, weight: Tensor | None, bias: Tensor | None
         K.dyt_fwd_kernel[(m,)](
             x, alpha, x if weight is None else weight, x if bias is None else bias, y, d,
             HAS_W=weight is not None, HAS_B=bias is not None, BLOCK=block,
-            num_warps=K.num_warps(block),
+            **K.launch_options(block),
         )
     return y
 
@@ -107,7 +107,7 @@ def dyt_bwd(
         K.dyt_bwd_kernel[(progs,)](
             dy, x, alpha, x if weight is None else weight, dx, da_part, dw_part, db_part,
             m, d, triton.cdiv(m, progs),
-            HAS_W=weight is not None, HAS_B=need_db, BLOCK=block, num_warps=K.num_warps(block),
+            HAS_W=weight is not None, HAS_B=need_db, BLOCK=block, **K.launch_options(block),
         )
     dw = dw_part.sum(0) if need_dw else _f32(x, 0)  # the kernel sums it whenever there is a weight
     db = db_part.sum(0) if need_db else _f32(x, 0)
