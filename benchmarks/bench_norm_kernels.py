@@ -112,10 +112,16 @@ def providers(op: str, d: int, device: str, dtype, use_compile: bool):
                 compiled = torch.compile(rms)
                 out["compile(nn.RMSNorm)"] = (lambda x, r: compiled(x), params)
         else:
-            out["x+r, nn.RMSNorm"] = (lambda x, r: _then_norm(rms, x + r), params)
+            add_then_norm = lambda x, r: _then_norm(rms, x + r)  # noqa: E731
+            out["x+r, nn.RMSNorm"] = (add_then_norm, params)
+            if use_compile:
+                out["compile(x+r, nn.RMSNorm)"] = (torch.compile(add_then_norm), params)
     elif op == "layer_norm":
         w, b = ln.weight, ln.bias
         params = [w, b]
+        if use_compile:
+            compiled = torch.compile(ln)
+            out["compile(nn.LayerNorm)"] = (lambda x, r: compiled(x), params)
     else:
         w = nn.Parameter(torch.ones(d, **kw))
         b = nn.Parameter(torch.zeros(d, **kw))
@@ -142,21 +148,30 @@ def providers(op: str, d: int, device: str, dtype, use_compile: bool):
     return out
 
 
+# Liger-Kernel's module for each op (DyT and the fused add came in later releases than the norms).
+LIGER_MODULES = {
+    "rms_norm": "LigerRMSNorm",
+    "layer_norm": "LigerLayerNorm",
+    "dyt": "LigerDyT",
+    "add_rms_norm": "LigerFusedAddRMSNorm",
+}
+
+
 def _liger(op: str, d: int, device: str, dtype):
-    if device != "cuda" or op == "dyt":
+    """Liger-Kernel's provider for `op` on CUDA, if it is installed and has the op."""
+    if device != "cuda":
         return None
     try:
-        from liger_kernel.transformers.layer_norm import LigerLayerNorm
-        from liger_kernel.transformers.rms_norm import LigerRMSNorm
+        import liger_kernel.transformers as liger
     except ImportError:
         return None
-    if op == "layer_norm":
-        m = LigerLayerNorm(d).to(device=device, dtype=dtype)
-        return (lambda x, r: m(x)), [*m.parameters()]
-    m = LigerRMSNorm(d, eps=1e-6).to(device=device, dtype=dtype)
-    if op == "rms_norm":
-        return (lambda x, r: m(x)), [*m.parameters()]
-    return (lambda x, r: _then_norm(m, x + r)), [*m.parameters()]
+    module = getattr(liger, LIGER_MODULES[op], None)
+    if module is None:
+        return None
+    m = module(d).to(device=device, dtype=dtype)
+    if op == "add_rms_norm":
+        return (lambda x, r: m(x, r)), [*m.parameters()]  # returns (y, x + r)
+    return (lambda x, r: m(x)), [*m.parameters()]
 
 
 def _then_norm(norm: Callable, h):
@@ -185,6 +200,24 @@ def timed_calls(fn, params, x, r, args) -> dict[str, Callable[[], object]]:
                                            retain_graph=True, allow_unused=True),
         "fwd+bwd": fwd_bwd,
     }
+
+
+def verdict(op: str, results: dict[str, dict[str, tuple]], native: str) -> str:
+    """How many times faster `native` is than the fastest other way to compute `op`, per mode:
+    PyTorch eager or compiled, Liger-Kernel (nn.LayerNorm counts only for layer_norm: for the
+    other ops it is the reference point, not a way to compute them)."""
+    others = [
+        name for name in results
+        if not name.startswith("normlab[") and (op == "layer_norm" or name != "nn.LayerNorm")
+    ]
+    if not others:
+        return f"{native}: nothing else computes {op} here"
+    cells = []
+    for mode in MODES:
+        best = min(others, key=lambda name: results[name][mode][0])
+        speedup = results[best][mode][0] / results[native][mode][0]
+        cells.append(f"{mode} x{speedup:.2f} vs {best}")
+    return f"{native} speed-up over the fastest other: " + ", ".join(cells)
 
 
 def main() -> None:
@@ -274,6 +307,9 @@ def main() -> None:
                         "ratio_vs_nn_layernorm": f"{ratio:.3f}",
                     })
                 print(f"{'':14s} {name:22s} " + " ".join(cells))
+            native = f"normlab[{'triton' if device == 'cuda' else 'cpp'}]"
+            if native in results:
+                print(f"{'':14s} {verdict(op, results, native)}")
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     new = not args.csv.exists()
     with args.csv.open("a", newline="") as fh:

@@ -6,9 +6,11 @@ import importlib
 import json
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -22,13 +24,18 @@ def run(script: str, *args: str) -> str:
     return result.stdout
 
 
-def test_norm_kernels_on_cuda_takes_gpu_times_over_the_target_hidden_sizes(monkeypatch):
-    # No GPU here: do_bench is replaced, to check what the CUDA path asks of it and returns.
-    triton_testing = pytest.importorskip("triton.testing")
+@pytest.fixture
+def bench(monkeypatch):
+    """bench_norm_kernels imported into this process."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     for name, value in importlib.import_module("benchenv").MALLOC_ENV.items():
         monkeypatch.setenv(name, value)  # else importing the script re-executes this process
-    bench = importlib.import_module("bench_norm_kernels")
+    return importlib.import_module("bench_norm_kernels")
+
+
+def test_norm_kernels_on_cuda_takes_gpu_times_over_the_target_hidden_sizes(monkeypatch, bench):
+    # No GPU here: do_bench is replaced, to check what the CUDA path asks of it and returns.
+    triton_testing = pytest.importorskip("triton.testing")
     timed = []
 
     def do_bench(fn, quantiles):
@@ -42,6 +49,58 @@ def test_norm_kernels_on_cuda_takes_gpu_times_over_the_target_hidden_sizes(monke
     assert timed == [fns["a"], fns["b"]]
     hidden = {int(s.split("x")[1]) for s in bench.DEFAULT_SHAPES["cuda"].split(",")}
     assert min(hidden) == 1024 and max(hidden) == 8192
+
+
+def test_verdict_compares_with_the_fastest_other_provider(bench):
+    times = {  # fwd, bwd, fwd+bwd medians
+        "nn.LayerNorm": (1.0, 1.0, 2.0), "nn.RMSNorm": (4.0, 8.0, 12.0),
+        "compile(nn.RMSNorm)": (2.0, 4.0, 6.0), "liger": (3.0, 2.0, 5.0),
+        "normlab[triton]": (1.0, 2.5, 4.0), "normlab[torch]": (0.5, 0.5, 1.0),
+    }
+    results = {name: {mode: (t, t, t) for mode, t in zip(bench.MODES, ts, strict=True)}
+               for name, ts in times.items()}
+    line = bench.verdict("rms_norm", results, "normlab[triton]")
+    assert line.endswith("fwd x2.00 vs compile(nn.RMSNorm), bwd x0.80 vs liger, "
+                         "fwd+bwd x1.25 vs liger")
+    # nn.LayerNorm is a competitor only for layer_norm
+    assert "fwd x1.00 vs nn.LayerNorm" in bench.verdict("layer_norm", results, "normlab[triton]")
+
+
+class _FakeLiger(torch.nn.Module):
+    """Stands in for a Liger-Kernel module: records its class and hidden size."""
+
+    def __init__(self, hidden_size):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(hidden_size))
+
+    def to(self, device=None, dtype=None):  # no CUDA here
+        return self
+
+    def forward(self, *inputs):
+        return (type(self).__name__, *inputs)
+
+
+@pytest.mark.parametrize("op", ["rms_norm", "layer_norm", "dyt", "add_rms_norm"])
+def test_liger_provides_each_op_on_cuda(monkeypatch, bench, op):
+    transformers = types.ModuleType("liger_kernel.transformers")
+    for name in bench.LIGER_MODULES.values():
+        setattr(transformers, name, type(name, (_FakeLiger,), {}))
+    monkeypatch.setitem(sys.modules, "liger_kernel", types.ModuleType("liger_kernel"))
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", transformers)
+    assert bench._liger(op, 8, "cpu", torch.float32) is None
+    fn, params = bench._liger(op, 8, "cuda", torch.float32)
+    assert fn("x", "r") == ((bench.LIGER_MODULES[op], "x", "r") if op == "add_rms_norm"
+                            else (bench.LIGER_MODULES[op], "x"))
+    assert [p.shape for p in params] == [(8,)]
+    delattr(transformers, bench.LIGER_MODULES[op])  # an older release without the op
+    assert bench._liger(op, 8, "cuda", torch.float32) is None
+
+
+def test_compile_rows_for_every_op(bench):
+    for op, name in [("rms_norm", "compile(nn.RMSNorm)"), ("layer_norm", "compile(nn.LayerNorm)"),
+                     ("dyt", "compile(DyT)"), ("add_rms_norm", "compile(x+r, nn.RMSNorm)")]:
+        assert name in bench.providers(op, 8, "cpu", torch.float32, use_compile=True)
+        assert name not in bench.providers(op, 8, "cpu", torch.float32, use_compile=False)
 
 
 def test_norm_kernels(tmp_path):
