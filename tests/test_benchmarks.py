@@ -80,8 +80,11 @@ class _FakeLiger(torch.nn.Module):
         return (type(self).__name__, *inputs)
 
 
-@pytest.mark.parametrize("op", ["rms_norm", "layer_norm", "dyt", "add_rms_norm"])
-def test_liger_provides_each_op_on_cuda(monkeypatch, bench, op):
+@pytest.mark.parametrize("op, module", [
+    ("rms_norm", "LigerRMSNorm"), ("layer_norm", "LigerLayerNorm"), ("dyt", "LigerDyT"),
+    ("add_rms_norm", "LigerFusedAddRMSNorm"),
+])
+def test_liger_provides_each_op_on_cuda(monkeypatch, bench, op, module):
     transformers = types.ModuleType("liger_kernel.transformers")
     for name in bench.LIGER_MODULES.values():
         setattr(transformers, name, type(name, (_FakeLiger,), {}))
@@ -89,10 +92,10 @@ def test_liger_provides_each_op_on_cuda(monkeypatch, bench, op):
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers", transformers)
     assert bench._liger(op, 8, "cpu", torch.float32) is None
     fn, params = bench._liger(op, 8, "cuda", torch.float32)
-    assert fn("x", "r") == ((bench.LIGER_MODULES[op], "x", "r") if op == "add_rms_norm"
-                            else (bench.LIGER_MODULES[op], "x"))
+    # the fused add takes the residual too and returns (y, x + r)
+    assert fn("x", "r") == ((module, "x", "r") if op == "add_rms_norm" else (module, "x"))
     assert [p.shape for p in params] == [(8,)]
-    delattr(transformers, bench.LIGER_MODULES[op])  # an older release without the op
+    delattr(transformers, module)  # an older release without the op
     assert bench._liger(op, 8, "cuda", torch.float32) is None
 
 

@@ -27,14 +27,17 @@ import dataclasses
 import io
 import itertools
 import json
-import os
 import re
 import sys
+from collections.abc import Iterator
 
 import triton
+from rich.console import Console
+from rich.table import Table
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from normlab.kernels.backend import triton_interpreted
 from normlab.kernels.triton import kernels as K
 
 KERNELS = {
@@ -67,7 +70,7 @@ class Build:
 
 
 def _require_compiled() -> None:
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if triton_interpreted():
         raise RuntimeError("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
 
 
@@ -103,7 +106,7 @@ def _signature(kernel: str, dtype: str) -> dict[str, str]:
     return types
 
 
-def _aligned(kernel: str, types: dict[str, str], dim: int) -> dict[tuple[int], list]:
+def _aligned(kernel: str, types: dict[str, str], dim: int) -> dict[tuple[int], list[list]]:
     """The launcher's specialization: every pointer (tensors are 16-byte aligned) and n_cols
     when dim is a multiple of 16 (row counts vary from call to call and are left unmarked)."""
     names = [p.name for p in KERNELS[kernel].params]
@@ -115,7 +118,7 @@ def _aligned(kernel: str, types: dict[str, str], dim: int) -> dict[tuple[int], l
 
 
 @contextlib.contextmanager
-def _ptxas_log() -> io.StringIO:
+def _ptxas_log() -> Iterator[io.StringIO]:
     """Make Triton print ptxas's resource report (compiling even what it has cached)."""
     nvidia, compilation = triton.knobs.nvidia, triton.knobs.compilation
     saved = nvidia.dump_ptxas_log, compilation.always_compile
@@ -174,11 +177,14 @@ def build_all(dims: list[int], dtypes: list[str], every_variant: bool = False,
     ]
 
 
-def _table(builds: list[Build]) -> str:
+def _table(builds: list[Build], arch: int) -> Table:
+    view = Table(title=f"normlab Triton kernels built for sm_{arch}")
     columns = [f.name for f in dataclasses.fields(Build)]
-    rows = [columns] + [[str(getattr(b, c)) for c in columns] for b in builds]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows)
+    for column in columns:
+        view.add_column(column)
+    for b in builds:
+        view.add_row(*(str(getattr(b, c)) for c in columns))
+    return view
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         for b in builds:
             print(json.dumps(dataclasses.asdict(b)))
     else:
-        print(_table(builds))
+        Console(width=200).print(_table(builds, args.arch))
     return 0
 
 
