@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +23,7 @@ from rich.table import Table
 import normlab
 from normlab import bench as bench_package
 from normlab.bench import commands
+from normlab.bench.train import RunInterrupted
 from normlab.diagnostics import command as diagnose_command
 from normlab.surgery import command as convert_command
 
@@ -46,7 +49,7 @@ def _zoo(args: argparse.Namespace) -> int:
 
 
 def _bench_options(parser: argparse.ArgumentParser) -> None:
-    from normlab.bench.config import list_presets
+    from normlab.bench.presets import list_presets
 
     parser.add_argument("--preset", default=None,
                         help=f"a preset name ({', '.join(list_presets())}) or a YAML file")
@@ -56,7 +59,20 @@ def _bench_options(parser: argparse.ArgumentParser) -> None:
                              "a [list] value makes the field a sweep axis")
     parser.add_argument("--out", type=Path, default=None,
                         help="output directory (default: a fresh folder under runs/)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an --out that holds a normlab run or sweep "
+                             "(its old results are deleted)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.set_defaults(func=_zoo)
     bench = sub.add_parser("bench", help="train every arm of a sweep preset, then report")
     _bench_options(bench)
+    bench.add_argument("--timing-rounds", type=_non_negative, default=3, metavar="N",
+                       help="rounds of the timing pass that measures each arm's speed and "
+                            "memory apart from training (default 3; 0 skips it)")
     bench.set_defaults(func=commands.bench)
     train = sub.add_parser("train", help="train one run (the sweep axes pinned to their first "
                            "value), or continue one with --resume")
@@ -86,13 +105,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def describe(error: BaseException) -> tuple[int, str]:
+    """(exit status, one-line message) for an error that ended a command.
+
+    2: bad input (config, preset, paths, unreadable or unwritable files); 1: a run that could
+    not go on (a full disk, an unexpected error); 130: interrupted (Ctrl-C).
+    """
+    if isinstance(error, RunInterrupted):
+        return 130, str(error)
+    if isinstance(error, KeyboardInterrupt):
+        return 130, "interrupted"
+    if isinstance(error, OSError):
+        where = f": {error.filename}" if error.filename else ""
+        reason = error.strerror or str(error)
+        if error.errno in DISK_FULL:
+            return 1, (f"error: {reason}{where}; partial files were removed, and a run continues "
+                       "from its last complete checkpoint with `normlab train --resume RUN_DIR` "
+                       "(or the same `normlab bench` command)")
+        return 2, f"error: {reason}{where}"
+    if isinstance(error, ValueError):
+        return 2, f"error: {error}"
+    return 1, (f"internal error: {type(error).__name__}: {error} "
+               "(NORMLAB_DEBUG=1 shows the traceback)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; every failure ends in one line on stderr (from rank 0 only under
+    torchrun) and a documented exit status. NORMLAB_DEBUG=1 re-raises instead."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as error:  # a user mistake (config, preset, paths): say it, no traceback
-        print(f"normlab {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as error:
+        if os.environ.get("NORMLAB_DEBUG") == "1":
+            raise
+        status, message = describe(error)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"normlab {args.command}: {message}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

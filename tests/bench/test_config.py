@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from normlab.bench.config import RunConfig, expand, from_dict, list_presets, load_preset
+from normlab.bench.config import RunConfig, from_dict
+from normlab.bench.presets import expand, list_presets, load_preset
 
 
 def test_presets_are_listed_and_load():

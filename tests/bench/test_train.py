@@ -9,7 +9,7 @@ import pytest
 from safetensors.torch import load_file
 
 from normlab.bench import checkpoint, train
-from normlab.bench.config import load_preset
+from normlab.bench.presets import load_preset
 from normlab.bench.metrics import read_metrics
 
 DETERMINISTIC = ("kind", "step", "loss", "lr", "grad_norm", "val_loss", "val_acc")
@@ -64,7 +64,9 @@ def test_metrics_and_summary_files(tmp_path, cache_dir):
     evals = [r for r in records if r["kind"] == "eval"]
     assert [r["step"] for r in steps] == list(range(1, cfg.train.steps + 1))
     assert [r["step"] for r in evals] == [6, 12]
-    assert all(r["tokens_per_s"] > 0 and r["mem_bytes"] > 0 for r in steps)
+    assert all(r["tokens_per_s"] > 0 for r in steps)
+    # the CUDA allocator's peak where there is one; never the process RSS
+    assert all((r["mem_bytes"] > 0) if cfg.device == "cuda" else True for r in steps)
     # warmup then cosine: lr rises to the peak, then falls to min_lr_ratio * lr at the end
     assert steps[1]["lr"] == pytest.approx(cfg.optim.lr)
     assert steps[-1]["lr"] == pytest.approx(cfg.optim.lr * cfg.schedule.min_lr_ratio)
@@ -72,6 +74,8 @@ def test_metrics_and_summary_files(tmp_path, cache_dir):
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert on_disk["status"] == "completed" and on_disk["final_val_loss"] == evals[-1]["val_loss"]
     assert json.loads((tmp_path / "run" / "config.json").read_text()) == cfg.to_dict()
+    assert on_disk["config_sha256"] == json.loads(
+        (tmp_path / "run" / "run.json").read_text())["config_sha256"]
 
 
 def test_huge_learning_rate_diverges_cleanly(tmp_path, cache_dir):

@@ -7,7 +7,8 @@
 `normlab bench --preset quick` does the same from the shell; see docs/bench.md.
 """
 
-from normlab.bench.config import RunConfig, expand, list_presets, load_preset
+from normlab.bench.config import RunConfig
+from normlab.bench.presets import expand, list_presets, load_preset
 from normlab.bench.report import write_report
 from normlab.bench.sweep import run_sweep
 from normlab.bench.train import run

@@ -12,12 +12,12 @@ The directory is written under a temporary name and renamed into place (os.repla
 `latest` pointer is replaced atomically: a run killed at any moment leaves the previous
 checkpoint intact. Loading checks every hash, the config and every tensor shape, and refuses
 with a ValueError that names the mismatch. A config field that the checkpoint's config lacks
-(added to `RunConfig` later) is compared as its default.
+(added to `RunConfig` later) is compared as its default. A failed write (a full disk) leaves
+no partial folder behind, and pruning never removes the checkpoint `latest` names.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from normlab.bench.config import RunConfig
+from normlab.bench.rundir import config_diff
 
 FORMAT = "normlab.bench.checkpoint"
 VERSION = 1
@@ -139,12 +139,39 @@ def _fsync_dir(path: Path) -> None:
 def save(run_dir: Path, step: int, *, model: dict[str, torch.Tensor], optimizer: dict[str, Any],
          tensors: dict[str, torch.Tensor], loop: dict[str, Any], config: dict[str, Any],
          keep: int = 2) -> Path:
-    """Write checkpoint `step` atomically and keep only the newest `keep` checkpoints."""
+    """Write checkpoint `step` atomically and keep only the newest `keep` checkpoints.
+
+    If writing fails (a full disk), the partial temporary folder is removed and the error
+    propagates: `latest` still names the previous complete checkpoint.
+    """
     folder = Path(run_dir) / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step_{step:07d}"
     tmp = folder / f".tmp-step_{step:07d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(tmp, step, model=model, optimizer=optimizer, tensors=tensors, loop=loop,
+               config=config)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    pointer = folder / f".latest.{os.getpid()}.tmp"
+    try:
+        pointer.write_text(final.name)
+        os.replace(pointer, folder / "latest")
+    except BaseException:
+        pointer.unlink(missing_ok=True)
+        raise
+    _fsync_dir(folder)
+    _prune(folder, final, keep)
+    return final
+
+
+def _write(tmp: Path, step: int, *, model, optimizer, tensors, loop, config) -> None:
+    """Every file of one checkpoint into the fresh folder `tmp`, each fsynced."""
     tmp.mkdir()
     stored, aliases = _dedupe(model)
     optim_tensors, optim_structure = flatten_optimizer(optimizer)
@@ -163,16 +190,17 @@ def save(run_dir: Path, step: int, *, model: dict[str, torch.Tensor], optimizer:
     for name in (*FILES, "manifest.json"):
         with (tmp / name).open("rb") as handle:
             os.fsync(handle.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    pointer = folder / f".latest.{os.getpid()}.tmp"
-    pointer.write_text(final.name)
-    os.replace(pointer, folder / "latest")
-    _fsync_dir(folder)
-    for old in sorted(p for p in folder.glob("step_*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old)
-    return final
+
+
+def _prune(folder: Path, newest: Path, keep: int) -> None:
+    """Keep `newest` (the one `latest` names) and the `keep` - 1 checkpoints just before it;
+    remove the rest, including any of a later step (left by a history this run replaced)."""
+    others = sorted(p for p in folder.glob("step_*") if p.is_dir() and p != newest)
+    earlier = [p for p in others if p.name < newest.name]
+    keep_set = set(earlier[len(earlier) - (keep - 1):] if keep > 1 else [])
+    for old in others:
+        if old not in keep_set:
+            shutil.rmtree(old)
 
 
 def latest(run_dir: Path) -> Path | None:
@@ -184,24 +212,6 @@ def latest(run_dir: Path) -> Path | None:
     return path if path.is_dir() else None
 
 
-def _config_diff(saved: Any, current: Any, defaults: Any, prefix: str = "") -> list[str]:
-    """The differences between a saved and the current config, as "field: saved != current".
-
-    A field missing from the saved config (one added to `RunConfig` after the checkpoint was
-    written) counts as its default, taken from `defaults` (same nesting); a key that has no
-    default (inside a kwargs mapping, or a field that was removed) is a difference.
-    """
-    if isinstance(saved, dict) and isinstance(current, dict):
-        defaults = defaults if isinstance(defaults, dict) else {}
-        diffs = []
-        for key in sorted(set(saved) | set(current)):
-            default = defaults.get(key)
-            diffs += _config_diff(saved.get(key, default), current.get(key), default,
-                                  f"{prefix}{key}.")
-        return diffs
-    return [] if saved == current else [f"{prefix.rstrip('.')}: {saved!r} != {current!r}"]
-
-
 def load(path: Path, *, config: dict[str, Any],
          expected: dict[str, torch.Tensor]) -> Checkpoint:
     """Read and verify a checkpoint directory against the run's config and the model's tensors.
@@ -211,7 +221,7 @@ def load(path: Path, *, config: dict[str, Any],
     path = Path(path)
     try:
         manifest = json.loads((path / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, ValueError) as error:
         raise ValueError(f"{path} is not a readable normlab checkpoint: {error}") from None
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise ValueError(f"{path} is not a normlab checkpoint of format version {VERSION}")
@@ -222,7 +232,7 @@ def load(path: Path, *, config: dict[str, Any],
         if _sha256(file) != manifest["files"].get(name):
             raise ValueError(f"checkpoint file {file} does not match the SHA-256 in its manifest "
                              "(modified or truncated after it was written); refusing to load")
-    diffs = _config_diff(manifest["config"], config, dataclasses.asdict(RunConfig()))
+    diffs = config_diff(manifest["config"], config)
     if diffs:
         raise ValueError(f"checkpoint {path} was written for a different config: "
                          + "; ".join(diffs[:5]))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -12,8 +11,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from normlab.bench import distributed as D
 from normlab.bench import train as training
-from normlab.bench.config import RunConfig, expand, from_dict, load_preset
+from normlab.bench.config import RunConfig
+from normlab.bench.metrics import read_json
+from normlab.bench.presets import expand, load_preset, resolve
 from normlab.bench.report import write_report
+from normlab.bench.runtime import Runtime
 from normlab.bench.sweep import run_sweep, summary_table
 
 
@@ -27,50 +29,54 @@ def fresh_dir(stem: str, root: Path = Path("runs")) -> Path:
     return path
 
 
-def _setup(cfg: RunConfig, out: Path | None, stem: str) -> tuple[D.Dist, Path]:
-    d = D.setup(use_cuda=training.resolve_device(cfg.device, D.Dist()).type == "cuda")
-    chosen = str(out) if out is not None else (str(fresh_dir(stem)) if d.is_main else "")
-    return d, Path(D.broadcast_text(chosen, d))
+def _setup(cfg: RunConfig, out: Path | None, stem: str) -> tuple[Runtime, Path]:
+    """The process's runtime (joined once) and the output directory every rank agrees on."""
+    rt = Runtime.start(cfg)
+    chosen = str(out) if out is not None else (str(fresh_dir(stem)) if rt.dist.is_main else "")
+    return rt, Path(D.broadcast_text(chosen, rt.dist))
 
 
 def _require_preset(args: argparse.Namespace) -> str:
     if not args.preset:
-        raise SystemExit("normlab: give --preset NAME (e.g. smoke, quick, vit-quick) "
-                         "or a YAML file")
+        raise ValueError("give --preset NAME (e.g. smoke, quick, vit-quick) or a YAML file")
     return args.preset
 
 
 def bench(args: argparse.Namespace) -> int:
+    """Exit 0 when every arm ran to its end (diverged ones included: a divergence is a result),
+    1 when an arm crashed."""
     preset = _require_preset(args)
     cfg, sweep = load_preset(preset, args.overrides)
     arms = expand(cfg, sweep)
-    d, out = _setup(cfg, args.out, preset)
+    rt, out = _setup(cfg, args.out, preset)
     console = Console()
-    if d.is_main:
+    if rt.dist.is_main:
         console.print(f"normlab bench: {len(arms)} arm(s) of preset {preset!r} -> {out}")
     try:
-        table = run_sweep(arms, out, console=console, is_main=d.is_main,
-                          show_progress=d.is_main and not args.no_progress)
+        table = run_sweep(arms, out, console=console, overwrite=args.overwrite,
+                          timing_rounds=args.timing_rounds, runtime=rt,
+                          show_progress=rt.dist.is_main and not args.no_progress)
     finally:
         D.teardown()
-    if d.is_main:
-        console.print(summary_table(table))
-        console.print(f"report: {out / 'report.md'}")
-    return 0
+    if not rt.dist.is_main:
+        return 0
+    console.print(summary_table(table))
+    console.print(f"report: {out / 'report.md'}")
+    return 1 if any(row["failed"] for row in table["arms"]) else 0
 
 
 def train(args: argparse.Namespace) -> int:
+    """Exit 0 when the run completed, 1 when it diverged."""
     console = Console()
     if args.resume is not None:
-        if args.preset or args.overrides or args.out:
-            raise SystemExit("normlab: --resume takes its config from RUN_DIR/config.json; "
-                             "drop --preset, --set and --out")
+        if args.preset or args.overrides or args.out or args.overwrite:
+            raise ValueError("--resume takes its config from RUN_DIR/config.json; drop "
+                             "--preset, --set, --out and --overwrite")
         config_path = args.resume / "config.json"
         if not config_path.is_file():
-            raise SystemExit(f"normlab: {config_path} does not exist; is {args.resume} a run "
-                             "directory?")
-        cfg = from_dict(RunConfig, json.loads(config_path.read_text()))
-        d, out = _setup(cfg, args.resume, "")
+            raise ValueError(f"{config_path} does not exist; is {args.resume} a run directory?")
+        cfg = resolve(read_json(config_path))
+        rt, out = _setup(cfg, args.resume, "")
     else:
         preset = _require_preset(args)
         cfg, sweep = load_preset(preset, args.overrides)
@@ -80,30 +86,31 @@ def train(args: argparse.Namespace) -> int:
                           + ", ".join(f"{k}={v[0]}" for k, v in pinned.items())
                           + " (use --set to choose, or `normlab bench` for all arms)")
             (_, cfg), = expand(cfg, pinned)
-        d, out = _setup(cfg, args.out, preset)
+        rt, out = _setup(cfg, args.out, preset)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     try:
         with Progress(*columns, console=console,
-                      disable=not d.is_main or args.no_progress) as progress:
+                      disable=not rt.dist.is_main or args.no_progress) as progress:
             task = progress.add_task("train", total=cfg.train.steps)
 
             def on_step(step: int, record: dict) -> None:
                 progress.update(task, completed=step, description=f"loss {record['loss']:.3f}")
 
-            summary = training.run(cfg, out, resume=args.resume is not None, on_step=on_step)
+            summary = training.run(cfg, out, resume=args.resume is not None,
+                                   overwrite=args.overwrite, on_step=on_step, runtime=rt)
     finally:
         D.teardown()
-    if d.is_main:
+    if rt.dist.is_main:
         final = summary.get("final_val_loss")
         console.print(f"{summary['status']}: {summary['steps_done']} steps, final val loss "
                       f"{'—' if final is None else f'{final:.4f}'} -> {out}")
-    return 0
+    return 0 if summary["status"] == "completed" else 1
 
 
 def report(args: argparse.Namespace) -> int:
     if args.out is None and len(args.runs) != 1:
-        raise SystemExit("normlab: with several RUN_DIRs, say where to write with --out")
+        raise ValueError("with several RUN_DIRs, say where to write with --out")
     out = args.out if args.out is not None else args.runs[0]
     table = write_report(args.runs, out)
     console = Console()

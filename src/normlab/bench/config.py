@@ -1,26 +1,21 @@
-"""One typed configuration per run: a named preset plus type-checked `--set a.b=value` overrides.
+"""One typed configuration per run: the `RunConfig` schema and type-checked `a.b=value` overrides.
 
-    cfg, sweep = load_preset("quick", ["optim.lr=3e-3", "train.steps=50"])
-    arms = expand(cfg, sweep)            # [(name, RunConfig), ...]
+    cfg = from_dict(RunConfig, {"optim": {"lr": 3e-3}})
+    set_field(cfg, "train.steps", 50)
 
-A preset is a YAML file in `normlab/bench/presets/` (or a path to one) whose keys mirror
-`RunConfig`. An optional `sweep:` mapping turns it into a grid: each key is a dotted field name
-and each value a list; the arms are the Cartesian product, in the order written. An override
-of a swept field with a single value pins that axis; an override with a list makes it an axis.
-Unknown keys and values of the wrong type raise `ValueError` naming the field.
+Unknown keys and values of the wrong type raise `ValueError` naming the field; `validate`
+checks the bench's own cross-field rules. Presets, sweeps and the model's checks:
+`normlab.bench.presets`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import re
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -251,11 +246,13 @@ def set_field(cfg: RunConfig, dotted: str, value: Any) -> None:
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    """Check the cross-field rules that types alone cannot express."""
-    import normlab
+    """Check the bench's own cross-field rules that types alone cannot express.
 
+    The model's facts (depth, width, heads, the norm and placement names and their options)
+    are checked where they are defined, by the model config (`normlab.bench.model`), which
+    `normlab.bench.presets` builds for every arm at config time.
+    """
     positive = {
-        "model.depth": cfg.model.depth, "model.dim": cfg.model.dim, "model.heads": cfg.model.heads,
         "data.seq_len": cfg.data.seq_len, "data.batch_size": cfg.data.batch_size,
         "train.steps": cfg.train.steps, "train.eval_every": cfg.train.eval_every,
         "train.eval_batches": cfg.train.eval_batches, "train.log_every": cfg.train.log_every,
@@ -264,9 +261,6 @@ def validate(cfg: RunConfig) -> RunConfig:
     for name, value in positive.items():
         if value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
-    if cfg.model.dim % cfg.model.heads:
-        raise ValueError(f"model.dim ({cfg.model.dim}) must be divisible by model.heads "
-                         f"({cfg.model.heads})")
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise ValueError(f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}")
     if cfg.schedule.warmup_steps < 0 or not 0.0 <= cfg.schedule.min_lr_ratio <= 1.0:
@@ -278,17 +272,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.optim.gate_clip is not None and not cfg.optim.gate_clip >= 0:
         raise ValueError(f"optim.gate_clip must be >= 0 or null (0 and null turn it off), "
                          f"got {cfg.optim.gate_clip}")
-    if cfg.model.embed_gain_init is not None and not cfg.model.embed_gain_init > 0:
-        raise ValueError(f"model.embed_gain_init must be positive or null (null: no gain), "
-                         f"got {cfg.model.embed_gain_init}")
     if cfg.train.diagnose_every < 0:
         raise ValueError(f"train.diagnose_every must be >= 0 (0 turns the diagnostics off), "
                          f"got {cfg.train.diagnose_every}")
     if cfg.train.keep_checkpoints < 1:
         raise ValueError("train.keep_checkpoints must be at least 1")
-    if cfg.norm.name.lower() not in normlab.list_norms():
-        raise ValueError(f"norm.name: unknown norm {cfg.norm.name!r}; "
-                         f"known: {', '.join(normlab.list_norms())}")
     image = cfg.model.kind == "vit"
     if image != (cfg.data.source == "digits"):
         raise ValueError("model.kind 'vit' goes with data.source 'digits' and 'gpt' with a text "
@@ -311,77 +299,3 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError as error:
         raise ValueError(f"override {text!r}: cannot read the value ({error})") from None
     return key.strip(), value
-
-
-def preset_path(name: str) -> Path:
-    """The YAML file of a named preset, or `name` itself if it is a path to a YAML file."""
-    as_path = Path(name)
-    if as_path.suffix in (".yaml", ".yml") and as_path.is_file():
-        return as_path
-    folder = resources.files("normlab.bench") / "presets"
-    candidate = folder / f"{name}.yaml"
-    if not candidate.is_file():
-        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(list_presets())}")
-    return Path(str(candidate))
-
-
-def list_presets() -> list[str]:
-    folder = resources.files("normlab.bench") / "presets"
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
-Sweep = dict[str, list[Any]]
-
-
-def load_preset(name: str, overrides: list[str] = ()) -> tuple[RunConfig, Sweep]:
-    """The base config and the sweep axes of a preset, with `overrides` applied."""
-    raw = yaml.safe_load(preset_path(name).read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"preset {name!r} must be a mapping at the top level")
-    sweep_raw = raw.pop("sweep", None) or {}
-    raw.pop("description", None)
-    cfg = from_dict(RunConfig, raw)
-    sweep: Sweep = {}
-    for key, values in sweep_raw.items():
-        if not isinstance(values, list) or not values:
-            raise ValueError(f"sweep.{key}: expected a non-empty list, got {values!r}")
-        sweep[key] = list(values)
-    for text in overrides:
-        key, value = parse_override(text)
-        if isinstance(value, list):
-            sweep[key] = value
-        else:
-            set_field(cfg, key, value)
-            sweep.pop(key, None)
-    return validate(cfg), sweep
-
-
-def arm_name(point: dict[str, Any]) -> str:
-    """A short, file-system friendly name for one grid point, e.g. `pre-layernorm-s0`."""
-    parts = []
-    for key, value in point.items():
-        leaf = key.rsplit(".", 1)[-1]
-        text = str(value).replace("/", "_").replace(" ", "")
-        if key == "train.seed":
-            parts.append(f"s{text}")
-        elif key in ("placement.name", "norm.name"):
-            parts.append(text)
-        else:
-            parts.append(f"{leaf}{text}")
-    return "-".join(parts) or "run"
-
-
-def expand(cfg: RunConfig, sweep: Sweep) -> list[tuple[str, RunConfig]]:
-    """Every arm of the grid: (name, config), validated, in preset order."""
-    arms = []
-    keys = list(sweep)
-    for values in itertools.product(*(sweep[k] for k in keys)):
-        point = dict(zip(keys, values, strict=True))
-        arm = from_dict(RunConfig, cfg.to_dict())
-        for key, value in point.items():
-            set_field(arm, key, value)
-        arms.append((arm_name(point), validate(arm)))
-    names = [name for name, _ in arms]
-    if len(set(names)) != len(names):
-        raise ValueError(f"sweep arms have clashing names: {names}")
-    return arms

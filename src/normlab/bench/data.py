@@ -177,6 +177,17 @@ class TextData:
     """Byte-level language-modelling batches: inputs (B, T) and next-byte targets (B, T)."""
 
     kind = "text"
+    vocab_size = 256
+    has_accuracy = False
+
+    @classmethod
+    def model_fields(cls, cfg: DataConfig) -> dict[str, int]:
+        """The model-config fields this data fixes: a byte vocabulary and the window length."""
+        return {"vocab_size": cls.vocab_size, "block_size": cfg.seq_len}
+
+    @staticmethod
+    def tokens_per_sample(cfg: DataConfig, patch_size: int) -> int:
+        return cfg.seq_len
 
     def __init__(self, cfg: DataConfig):
         self.corpus = load_text(cfg)
@@ -214,6 +225,18 @@ class DigitsData:
 
     kind = "image"
     image_size, channels, num_classes = 8, 1, 10
+    has_accuracy = True
+
+    @classmethod
+    def model_fields(cls, cfg: DataConfig) -> dict[str, int]:
+        """The model-config fields this data fixes: the image shape and the classes."""
+        return {"image_size": cls.image_size, "channels": cls.channels,
+                "num_classes": cls.num_classes}
+
+    @classmethod
+    def tokens_per_sample(cls, cfg: DataConfig, patch_size: int) -> int:
+        """Patch tokens per image (the class token not counted)."""
+        return (cls.image_size // patch_size) ** 2
 
     def __init__(self, cfg: DataConfig):
         try:
@@ -246,5 +269,10 @@ class DigitsData:
             yield self.val_images[chunk], self.val_labels[chunk]
 
 
+def data_class(cfg: DataConfig) -> type[TextData] | type[DigitsData]:
+    """The class that serves `cfg.source` (every text source shares TextData)."""
+    return DigitsData if cfg.source == "digits" else TextData
+
+
 def load_data(cfg: DataConfig) -> TextData | DigitsData:
-    return DigitsData(cfg) if cfg.source == "digits" else TextData(cfg)
+    return data_class(cfg)(cfg)

@@ -1,9 +1,14 @@
-"""PNG plots of a bench report (matplotlib, Agg backend: no display needed)."""
+"""PNG plots of a bench report (matplotlib, Agg backend: no display needed).
+
+Every arm has one look across the plots: a colour family per norm (shades within it for arms
+that differ in something else) and a marker per placement. Values with an uncertainty are drawn
+as dots with their interval, never as bars from an axis that does not start at 0.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
@@ -11,8 +16,29 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
-if TYPE_CHECKING:
-    from normlab.bench.report import Arm
+from normlab.bench.runs import Arm
+
+FAMILIES = ("Blues", "Oranges", "Greens", "Reds", "Purples", "Greys", "YlOrBr", "PuRd",
+            "BuGn", "GnBu")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+
+
+def arm_styles(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{arm label: {"color", "marker"}}: a colour family per norm, a marker per placement, in
+    the order the norms and placements first appear."""
+    norms = list(dict.fromkeys(r["norm"] for r in rows))
+    placements = list(dict.fromkeys(r["placement"] for r in rows))
+    styles = {}
+    for norm_index, norm in enumerate(norms):
+        members = [r for r in rows if r["norm"] == norm]
+        cmap = plt.get_cmap(FAMILIES[norm_index % len(FAMILIES)])
+        for i, row in enumerate(members):
+            shade = 0.85 - 0.45 * i / max(1, len(members) - 1) if len(members) > 1 else 0.7
+            styles[row["arm"]] = {
+                "color": cmap(shade),
+                "marker": MARKERS[placements.index(row["placement"]) % len(MARKERS)],
+            }
+    return styles
 
 
 def _mean_curve(arm: Arm, kind: str, key: str) -> tuple[list[int], list[float]]:
@@ -35,14 +61,15 @@ def _ema(values: list[float], beta: float = 0.9) -> list[float]:
     return out
 
 
-def _curves(arms: list[Arm], kind: str, key: str, title: str, path: Path, smooth: bool) -> Path:
+def _curves(arms: list[Arm], styles: dict[str, dict[str, Any]], kind: str, key: str,
+            title: str, path: Path, smooth: bool) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5))
-    colors = plt.get_cmap("tab20")
-    for i, arm in enumerate(arms):
+    for arm in arms:
         steps, values = _mean_curve(arm, kind, key)
         if steps:
             diverged = any(r.status == "diverged" for r in arm.runs)
-            ax.plot(steps, _ema(values) if smooth else values, color=colors(i % 20),
+            ax.plot(steps, _ema(values) if smooth else values, **styles[arm.label],
+                    markevery=max(1, len(steps) // 6), markersize=4,
                     linestyle="--" if diverged else "-",
                     label=arm.label + (" (diverged)" if diverged else ""))
     ax.set(xlabel="step", ylabel=key.replace("_", " "), title=title)
@@ -53,31 +80,53 @@ def _curves(arms: list[Arm], kind: str, key: str, title: str, path: Path, smooth
     return path
 
 
-def _bars(table: dict[str, Any], path: Path) -> Path:
+def _dots(rows: list[dict[str, Any]], styles: dict[str, dict[str, Any]], ax, value: str,
+          low, high) -> None:
+    """One dot per row (best at the top) with a horizontal interval from low(row) to high(row)."""
+    for y, row in enumerate(reversed(rows)):
+        lo, hi = low(row), high(row)
+        style = styles[row["arm"]]
+        if lo is not None and hi is not None:
+            ax.plot([lo, hi], [y, y], color=style["color"], linewidth=2, alpha=0.8)
+        ax.plot(row[value], y, linestyle="none", markersize=7, markeredgecolor="black",
+                markeredgewidth=0.5, **style)
+    ax.set_yticks(range(len(rows)), [r["arm"] for r in reversed(rows)])
+    ax.grid(axis="x", alpha=0.3)
+
+
+def _final_loss(table: dict[str, Any], styles, path: Path) -> Path:
     rows = [r for r in table["arms"] if r["val_loss_mean"] is not None]
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.5))
-    labels = [r["arm"] for r in rows][::-1]
-    means = [r["val_loss_mean"] for r in rows][::-1]
-    errors = [r["val_loss_std"] or 0.0 for r in rows][::-1]
-    ax.barh(labels, means, xerr=errors, color="tab:blue", alpha=0.8)
-    if means:
-        ax.set_xlim(min(means) * 0.98 - max(errors), max(means) * 1.01 + max(errors))
-    ax.set(xlabel="final validation loss (mean ± std over seeds)",
-           title="Final validation loss (best at the top)")
+
+    def low(r):
+        return None if r["val_loss_ci95"] is None else r["val_loss_mean"] - r["val_loss_ci95"]
+
+    def high(r):
+        return None if r["val_loss_ci95"] is None else r["val_loss_mean"] + r["val_loss_ci95"]
+
+    _dots(rows, styles, ax, "val_loss_mean", low, high)
+    ax.set(xlabel="final validation loss: mean over seeds, line = 95 % CI (none for 1 seed)",
+           title="Final validation loss (ranked by mean, best at the top)")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
-def _relative(table: dict[str, Any], path: Path) -> Path:
+def _relative(table: dict[str, Any], styles, path: Path) -> Path:
     rows = table["arms"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.35 * len(rows) + 1.5), sharey=True)
-    labels = [r["arm"] for r in rows][::-1]
-    for ax, key, name in ((axes[0], "tokens_per_s_rel", "tokens/s"),
-                          (axes[1], "mem_rel", "peak memory")):
-        ax.barh(labels, [r[key] or 0.0 for r in rows][::-1], color="tab:green", alpha=0.8)
+    speed = [r if r["speed_ratio"] is not None else {**r, "speed_ratio": float("nan")}
+             for r in rows]
+    _dots(speed, styles, axes[0], "speed_ratio", lambda r: r["speed_ratio_low"],
+          lambda r: r["speed_ratio_high"])
+    memory = [{**r, "mem_ratio": r["mem_ratio"] if r["mem_ratio"] is not None
+               else float("nan")} for r in rows]
+    _dots(memory, styles, axes[1], "mem_ratio", lambda r: None, lambda r: None)
+    base = table["baseline"] or "baseline (absent)"
+    axes[0].set(xlabel=f"tokens/s relative to {base}\n(median, line = range over timing rounds)")
+    axes[1].set(xlabel=f"peak tensor memory relative to {base}")
+    for ax in axes:
         ax.axvline(1.0, color="black", linewidth=0.8)
-        ax.set(xlabel=f"{name} relative to {table['baseline'] or 'baseline (absent)'}")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -91,16 +140,18 @@ def normalization(table: dict[str, Any], path: Path) -> Path | None:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    colors = plt.get_cmap("tab20")
-    for i, row in enumerate(rows):
+    styles = arm_styles(table["arms"])
+    for row in rows:
+        look = styles[row["arm"]]
         style = {"color": "black", "linewidth": 2.6, "zorder": 3} if row["baseline"] else \
-            {"color": colors(i % 20), "linewidth": 1.2, "alpha": 0.85}
+            {"color": look["color"], "linewidth": 1.2, "alpha": 0.85}
         label = row["arm"] + (" (baseline)" if row["baseline"] else "") + \
             (" (diverged)" if row["diverged"] else "")
         for ax, key, first in ((left, "variance", 0), (right, "grad_norm", 1)):
             points = [(x, y) for x, y in enumerate(row[key], first) if y is not None]
             if points:
-                ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label,
+                ax.plot(*zip(*points, strict=True), marker=look["marker"], markersize=3,
+                        label=label,
                         linestyle="--" if row["diverged"] else "-", **style)
     left.set(xlabel="block ℓ (0: input of block 1)", ylabel="variance",
              title="Residual-stream variance vs depth")
@@ -122,11 +173,12 @@ def normalization(table: dict[str, Any], path: Path) -> Path | None:
 def draw_all(arms: list[Arm], table: dict[str, Any], folder: Path) -> list[Path]:
     """Every plot of the report, written into `folder`; returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)
+    styles = arm_styles(table["arms"])
     return [
-        _curves(arms, "train", "loss", "Training loss (EMA 0.9, mean over seeds)",
+        _curves(arms, styles, "train", "loss", "Training loss (EMA 0.9, mean over seeds)",
                 folder / "train_loss.png", smooth=True),
-        _curves(arms, "eval", "val_loss", "Validation loss (mean over seeds)",
+        _curves(arms, styles, "eval", "val_loss", "Validation loss (mean over seeds)",
                 folder / "val_loss.png", smooth=False),
-        _bars(table, folder / "final_val_loss.png"),
-        _relative(table, folder / "speed_memory.png"),
+        _final_loss(table, styles, folder / "final_val_loss.png"),
+        _relative(table, styles, folder / "speed_memory.png"),
     ]

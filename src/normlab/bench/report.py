@@ -2,11 +2,14 @@
 
     write_report([Path("runs/quick-...")], Path("runs/quick-..."))
 
-Writes report.md (a table sorted best first), report.json (the same numbers) and plots/*.png:
-training and validation loss curves per arm, final validation loss mean ± standard deviation
-over seeds, and tokens/s and peak memory relative to the pre-LN layernorm baseline. Runs are
-grouped into arms by their config without `train.seed` (and `train.diagnose_every`, which
-changes no number of the run); diverged and failed runs are flagged. Runs that recorded
+Writes report.md (a table ranked by mean final validation loss), report.json (the same
+numbers) and plots/*.png: training and validation loss curves per arm, final validation loss
+as dots with 95 % intervals over seeds, and tokens/s and peak tensor memory relative to the
+pre-LN layernorm baseline from the sweep's timing pass (bench/timing.py), with their range over
+rounds. An arm is named best only when its interval lies below the runner-up's (`verdict`);
+otherwise the report says that no arm is better than the noise. Runs are grouped into arms by
+their config without `train.seed` (and `train.diagnose_every`, which changes no number of the
+run); diverged and failed runs are flagged. Runs that recorded
 diagnostics.jsonl add a "What normalization did" section: residual-stream variance and
 block gradient norms against depth at each arm's last recording.
 """
@@ -16,98 +19,14 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from normlab.bench.diagnostics import FILE as DIAGNOSTICS
-from normlab.bench.metrics import read_metrics, summarize, write_atomic
+from normlab.bench import plots
+from normlab.bench.metrics import write_atomic
+from normlab.bench.runs import Arm, Run, find_runs, group_arms
 
 BASELINE = ("pre", "layernorm")
-
-
-@dataclass
-class Run:
-    """One run directory as read back from disk."""
-
-    path: Path
-    config: dict[str, Any]
-    records: list[dict[str, Any]]
-    status: str
-    summary: dict[str, Any]
-    error: str | None = None
-    diagnostics: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class Arm:
-    """The runs of one configuration over seeds."""
-
-    label: str
-    runs: list[Run] = field(default_factory=list)
-
-    @property
-    def completed(self) -> list[Run]:
-        return [r for r in self.runs if r.status == "completed"]
-
-
-def read_run(path: Path) -> Run:
-    path = Path(path)
-    config = json.loads((path / "config.json").read_text())
-    records = read_metrics(path / "metrics.jsonl")
-    summary = summarize(records)
-    saved = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() \
-        else {}
-    if summary["diverged_step"] is not None:
-        status = "diverged"
-    else:
-        status = saved.get("status", "incomplete")
-    return Run(path, config, records, status, summary, saved.get("error"),
-               read_metrics(path / DIAGNOSTICS))
-
-
-def find_runs(paths: list[Path]) -> list[Run]:
-    """Every run under `paths`: a run directory (config.json) or a sweep (arms/*/config.json)."""
-    runs = []
-    for path in map(Path, paths):
-        if (path / "config.json").is_file():
-            runs.append(read_run(path))
-        elif (path / "arms").is_dir():
-            runs += [read_run(p) for p in sorted((path / "arms").iterdir())
-                     if (p / "config.json").is_file()]
-        else:
-            raise ValueError(f"{path} is neither a run directory (config.json) nor a sweep "
-                             "directory (arms/)")
-    if not runs:
-        raise ValueError(f"no runs found under {[str(p) for p in paths]}")
-    return runs
-
-
-def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and key not in ("kwargs",):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = json.dumps(value, sort_keys=True) if isinstance(value, dict) \
-                else value
-    return out
-
-
-def group_arms(runs: list[Run]) -> list[Arm]:
-    """Runs grouped by config minus the seed; labelled placement/norm plus what else differs."""
-    flats = [_flat(r.config) for r in runs]
-    ignored = {"train.seed", "data.cache_dir", "train.diagnose_every"}
-    differing = sorted(k for k in set().union(*flats) - ignored
-                       if len({json.dumps(f.get(k)) for f in flats}) > 1
-                       and k not in ("placement.name", "norm.name"))
-    arms: dict[str, Arm] = {}
-    for run, flat in zip(runs, flats, strict=True):
-        label = f"{flat['placement.name']}/{flat['norm.name']}"
-        extra = ",".join(f"{k}={flat.get(k)}" for k in differing)
-        label = f"{label} [{extra}]" if extra else label
-        arms.setdefault(label, Arm(label)).runs.append(run)
-    return list(arms.values())
 
 
 def _mean(values: list[float]) -> float | None:
@@ -129,18 +48,34 @@ def ci95_half_width(values: list[float]) -> float | None:
     return t * statistics.stdev(values) / n**0.5
 
 
+def speed_and_memory(arm: Arm, baseline: Arm | None) -> dict[str, Any]:
+    """The arm's speed and memory relative to the baseline, from the timing pass of the sweep
+    both belong to (bench/timing.py): speed round by round, its median and range over rounds,
+    and whether that range contains 1 (a difference inside the noise). Empty without one."""
+    run = arm.runs[0]
+    if baseline is None or run.timing is None or baseline.runs[0].timing is not run.timing:
+        return {}
+    entries = run.timing["arms"]
+    mine, base = entries.get(run.name), entries.get(baseline.runs[0].name)
+    if mine is None or base is None:
+        return {}
+    ratios = [a / b for a, b in zip(mine["tokens_per_s"], base["tokens_per_s"], strict=True)]
+    peak, base_peak = mine["peak_tensor_bytes"], base["peak_tensor_bytes"]
+    return {
+        "tokens_per_s": statistics.median(mine["tokens_per_s"]),
+        "speed_ratio": statistics.median(ratios), "speed_ratio_low": min(ratios),
+        "speed_ratio_high": max(ratios), "speed_within_noise": min(ratios) <= 1.0 <= max(ratios),
+        "timing_rounds": len(ratios), "peak_tensor_bytes": peak,
+        "mem_ratio": peak / base_peak if peak and base_peak else None,
+    }
+
+
 def arm_row(arm: Arm, baseline: Arm | None) -> dict[str, Any]:
     losses = [r.summary["final_val_loss"] for r in arm.completed]
-    speed = _mean([r.summary["tokens_per_s"] for r in arm.runs if r.summary["tokens_per_s"]])
-    memory = _mean([r.summary["peak_mem_bytes"] for r in arm.runs if r.summary["peak_mem_bytes"]])
-    base_speed = base_mem = None
-    if baseline is not None:
-        base_speed = _mean([r.summary["tokens_per_s"] for r in baseline.runs
-                            if r.summary["tokens_per_s"]])
-        base_mem = _mean([r.summary["peak_mem_bytes"] for r in baseline.runs
-                          if r.summary["peak_mem_bytes"]])
     row = {
         "arm": arm.label,
+        "norm": arm.runs[0].config["norm"]["name"],
+        "placement": arm.runs[0].config["placement"]["name"],
         "seeds": [r.config["train"]["seed"] for r in arm.runs],
         "completed": len(arm.completed),
         "val_loss_mean": _mean(losses),
@@ -148,10 +83,10 @@ def arm_row(arm: Arm, baseline: Arm | None) -> dict[str, Any]:
         "val_loss_ci95": ci95_half_width(losses),
         "val_loss_min": min(losses, default=None),
         "val_loss_max": max(losses, default=None),
-        "tokens_per_s": speed,
-        "tokens_per_s_rel": speed / base_speed if speed and base_speed else None,
-        "peak_mem_bytes": memory,
-        "mem_rel": memory / base_mem if memory and base_mem else None,
+        "tokens_per_s": None, "speed_ratio": None, "speed_ratio_low": None,
+        "speed_ratio_high": None, "speed_within_noise": None, "timing_rounds": 0,
+        "peak_tensor_bytes": None, "mem_ratio": None,
+        **speed_and_memory(arm, baseline),
         "diverged": [{"seed": r.config["train"]["seed"], "step": r.summary["diverged_step"]}
                      for r in arm.runs if r.status == "diverged"],
         "failed": [{"seed": r.config["train"]["seed"], "status": r.status, "error": r.error}
@@ -162,6 +97,25 @@ def arm_row(arm: Arm, baseline: Arm | None) -> dict[str, Any]:
     if accs:
         row["val_acc_mean"] = _mean(accs)
     return row
+
+
+def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whether the first-ranked arm is better than the runner-up beyond the noise: only when
+    both have a 95 % interval and the intervals do not overlap."""
+    ranked = [r for r in rows if r["val_loss_mean"] is not None]
+    if not ranked:
+        return {"best": None, "reason": "no arm completed"}
+    if len(ranked) == 1:
+        return {"best": ranked[0]["arm"], "reason": "the only arm that completed"}
+    first, second = ranked[:2]
+    n = min(first["completed"], second["completed"])
+    if first["val_loss_ci95"] is None or second["val_loss_ci95"] is None:
+        return {"best": None, "reason": f"one completed seed per arm gives no interval (n = {n})"}
+    apart = first["val_loss_mean"] + first["val_loss_ci95"] < \
+        second["val_loss_mean"] - second["val_loss_ci95"]
+    if apart:
+        return {"best": first["arm"], "reason": "its 95 % interval lies below the runner-up's"}
+    return {"best": None, "reason": f"the 95 % intervals of the first two overlap (n = {n})"}
 
 
 def last_profile(run: Run) -> tuple[int, list[float | None], list[float | None]] | None:
@@ -207,6 +161,7 @@ def build_table(runs: list[Run]) -> dict[str, Any]:
     order = {r["arm"]: i for i, r in enumerate(rows)}
     profiles = [p for p in (normalization_row(a, baseline) for a in arms) if p is not None]
     return {"baseline": baseline.label if baseline else None, "arms": rows,
+            "verdict": verdict(rows),
             "normalization": sorted(profiles, key=lambda p: order[p["arm"]])}
 
 
@@ -261,41 +216,76 @@ def normalization_section(table: dict[str, Any], plot: str | None) -> list[str]:
     return lines
 
 
+def _interval(row: dict[str, Any]) -> str:
+    ci = row["val_loss_ci95"]
+    if ci is None:
+        return "—"
+    return f"{_fmt(row['val_loss_mean'] - ci)} – {_fmt(row['val_loss_mean'] + ci)}"
+
+
+def _headline(table: dict[str, Any]) -> list[str]:
+    """The verdict line: a best arm only when it is better than the noise."""
+    rows, verdict = table["arms"], table["verdict"]
+    if verdict["best"] is not None:
+        best = next(r for r in rows if r["arm"] == verdict["best"])
+        return [f"**Best arm: `{best['arm']}`**, final validation loss "
+                f"{_fmt(best['val_loss_mean'])} (95 % CI {_interval(best)}; lower is better): "
+                f"{verdict['reason']}."]
+    ranked = [r for r in rows if r["val_loss_mean"] is not None]
+    if not ranked:
+        return ["**No arm completed.**"]
+    n = min(r["completed"] for r in ranked[:2])
+    top = "; ".join(f"`{r['arm']}` {_fmt(r['val_loss_mean'])} (CI {_interval(r)})"
+                    for r in ranked[:2])
+    return [f"**No arm is better than the noise at {n} seed{'s' if n != 1 else ''}**: "
+            f"{verdict['reason']}. First two: {top}. Rank order below is by the mean only; "
+            "add seeds (`--set train.seed=[0,1,2]`) to separate them."]
+
+
+def _speed(row: dict[str, Any]) -> str:
+    if row["speed_ratio"] is None:
+        return "—"
+    text = (f"{row['speed_ratio']:.2f} ({row['speed_ratio_low']:.2f}–"
+            f"{row['speed_ratio_high']:.2f})")
+    return text + " ≈ noise" if row["speed_within_noise"] else text
+
+
 def markdown(table: dict[str, Any], plots: list[str], normalization_plot: str | None = None,
              ) -> str:
     rows = table["arms"]
-    lines = ["# normlab bench report", ""]
-    best = rows[0] if rows and rows[0]["val_loss_mean"] is not None else None
-    if best:
-        lines.append(f"**Best arm: `{best['arm']}`**, final validation loss "
-                     f"{_fmt(best['val_loss_mean'])} (lower is better).")
-    else:
-        lines.append("**No arm completed.**")
+    lines = ["# normlab bench report", "", *_headline(table), ""]
     base = table["baseline"]
-    lines += ["", f"Speed and memory are relative to `{base}`." if base else
-              "No pre/layernorm baseline among the runs: relative columns are empty.", ""]
+    timed = any(r["timing_rounds"] for r in rows)
+    if not base:
+        lines += ["No pre/layernorm baseline among the runs: relative columns are empty.", ""]
+    elif not timed:
+        lines += ["No timing pass (it runs at the end of `normlab bench`): speed and memory "
+                  "columns are empty.", ""]
+    else:
+        rounds = max(r["timing_rounds"] for r in rows)
+        lines += [f"Speed and memory are relative to `{base}`, from a timing pass apart from "
+                  f"training ({rounds} interleaved rounds): the median ratio of tokens/s and "
+                  "its range over rounds; \"≈ noise\" marks a range that contains 1.", ""]
     has_acc = any("val_acc_mean" in r for r in rows)
     header = ["#", "arm", "final val loss (mean ± std)", "95 % CI", "min – max", "n"]
     header += ["val acc"] if has_acc else []
-    header += ["tokens/s", "× speed", "peak mem (MiB)", "× mem", "status"]
+    header += ["tokens/s", "× speed (range)", "peak tensors (MiB)", "× mem", "status"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, r in enumerate(rows, 1):
         spread = f" ± {_fmt(r['val_loss_std'])}" if r["val_loss_std"] is not None else ""
-        ci = r["val_loss_ci95"]
-        interval = "—" if ci is None else (
-            f"{_fmt(r['val_loss_mean'] - ci)} – {_fmt(r['val_loss_mean'] + ci)}")
-        cells = [str(i), f"`{r['arm']}`", _fmt(r["val_loss_mean"]) + spread, interval,
+        cells = [str(i), f"`{r['arm']}`", _fmt(r["val_loss_mean"]) + spread, _interval(r),
                  f"{_fmt(r['val_loss_min'])} – {_fmt(r['val_loss_max'])}",
                  f"{r['completed']}/{len(r['seeds'])}"]
         cells += [_fmt(r.get("val_acc_mean"), ".3f")] if has_acc else []
-        mem = r["peak_mem_bytes"] / 2**20 if r["peak_mem_bytes"] else None
-        cells += [_fmt(r["tokens_per_s"], ",.0f"), _fmt(r["tokens_per_s_rel"], ".2f"),
-                  _fmt(mem, ",.1f"), _fmt(r["mem_rel"], ".2f"), _status(r)]
+        mem = r["peak_tensor_bytes"] / 2**20 if r["peak_tensor_bytes"] else None
+        cells += [_fmt(r["tokens_per_s"], ",.0f"), _speed(r), _fmt(mem, ",.2f"),
+                  _fmt(r["mem_ratio"], ".2f"), _status(r)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Final validation loss: the last evaluation of each completed run; std is the "
               "sample standard deviation over seeds and the 95 % CI the t-interval of the mean "
-              "(t(0.975, n−1)·std/√n). Peak memory is CUDA max_memory_allocated, or "
-              "the process RSS on CPU (which includes the Python and torch baseline).", ""]
+              "(t(0.975, n−1)·std/√n). Peak tensors: the most memory the tensors of one "
+              "training step hold (CUDA max_memory_allocated; PyTorch's MemTracker on CPU), "
+              "not the process's resident set.", ""]
     lines += [f"![{Path(p).stem}]({p})" for p in plots]
     lines += ["", *normalization_section(table, normalization_plot)]
     return "\n".join(lines).rstrip("\n") + "\n"
@@ -303,8 +293,6 @@ def markdown(table: dict[str, Any], plots: list[str], normalization_plot: str | 
 
 def write_report(paths: list[Path], out: Path) -> dict[str, Any]:
     """Read every run under `paths` and write report.md, report.json and plots/ into `out`."""
-    from normlab.bench import plots
-
     runs = find_runs(paths)
     table = build_table(runs)
     out = Path(out)

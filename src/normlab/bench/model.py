@@ -1,0 +1,74 @@
+"""The model a bench config describes, its config built from the bench config by field name.
+
+    model_config(cfg)   # a GPTConfig or ViTConfig: every check of the model's facts runs here
+    build_model(cfg)    # the GPT or ViT itself
+
+A field of the model config is filled from, in order: what the data fixes (the vocabulary, the
+window length, the image shape: `TextData.model_fields` / `DigitsData.model_fields`), the
+norm and placement sections (`norm.name` → `norm`, `norm.kwargs` → `norm_kwargs`, ...), and the
+`model` section field of the same name. A `model` field that the chosen kind does not have
+(a GPT-only one on a ViT) is ignored with a warning when it is not at its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import warnings
+
+from torch import nn
+
+from normlab.bench.config import ModelConfig, RunConfig
+from normlab.bench.data import data_class
+from normlab.models import GPT, GPTConfig, ViT, ViTConfig
+
+KINDS: dict[str, tuple[type, type[nn.Module]]] = {"gpt": (GPTConfig, GPT),
+                                                  "vit": (ViTConfig, ViT)}
+# model-config field -> where the bench config holds it, when not `model.<same name>`
+SOURCES = {"norm": "norm.name", "norm_kwargs": "norm.kwargs", "placement": "placement.name",
+           "placement_kwargs": "placement.kwargs", "block_size": "data.seq_len"}
+
+
+def _bench_name(field: str) -> str:
+    return SOURCES.get(field, f"model.{field}")
+
+
+def _values(cfg: RunConfig, config_class: type) -> dict:
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    values = {f: getattr(cfg.model, f) for f in fields if hasattr(cfg.model, f)}
+    values.update(norm=cfg.norm.name, norm_kwargs=dict(cfg.norm.kwargs),
+                  placement=cfg.placement.name, placement_kwargs=dict(cfg.placement.kwargs))
+    values.update(data_class(cfg.data).model_fields(cfg.data))
+    values.pop("kind", None)
+    return {k: v for k, v in values.items() if k in fields}
+
+
+def model_config(cfg: RunConfig):
+    """The GPTConfig / ViTConfig of `cfg`; its own checks' errors name the bench fields."""
+    config_class, _ = KINDS[cfg.model.kind]
+    try:
+        return config_class(**_values(cfg, config_class))
+    except (ValueError, TypeError) as error:
+        fields = [f.name for f in dataclasses.fields(config_class)]
+        named = [_bench_name(f) for f in fields if re.search(rf"\b{f}\b", str(error))]
+        where = f"{', '.join(named)}: " if named else ""
+        raise ValueError(f"{where}{error}") from None
+
+
+def unused_model_fields(cfg: RunConfig) -> list[str]:
+    """`model` fields set away from their default that the chosen kind has no use for."""
+    config_class, _ = KINDS[cfg.model.kind]
+    own = {f.name for f in dataclasses.fields(config_class)} | {"kind"}
+    default = ModelConfig()
+    return [f"model.{f.name}" for f in dataclasses.fields(ModelConfig)
+            if f.name not in own and getattr(cfg.model, f.name) != getattr(default, f.name)]
+
+
+def build_model(cfg: RunConfig) -> nn.Module:
+    """The GPT or ViT that `cfg` describes (norm and placement from the config)."""
+    unused = unused_model_fields(cfg)
+    if unused:
+        warnings.warn(f"{', '.join(unused)} apply to another model kind; the "
+                      f"{cfg.model.kind} ignores them", stacklevel=2)
+    _, model_class = KINDS[cfg.model.kind]
+    return model_class(model_config(cfg))
