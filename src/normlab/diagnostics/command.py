@@ -34,6 +34,17 @@ from normlab.diagnostics.sources import (
 )
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse then names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_parser(subparsers: Any, *, bench: ModuleType | None = None) -> argparse.ArgumentParser:
     """Add the `diagnose` subcommand to `subparsers` (from `ArgumentParser.add_subparsers`)."""
     parser = subparsers.add_parser(
@@ -55,10 +66,10 @@ def add_parser(subparsers: Any, *, bench: ModuleType | None = None) -> argparse.
                         help="with --gpt: a JSON object of GPTConfig fields")
     parser.add_argument("--data", choices=("auto", "random", "corpus"), default="auto",
                         help="auto: the preset's corpus with --preset, random tokens otherwise")
-    parser.add_argument("--batches", type=int, default=2, help="recorded steps (default 2)")
-    parser.add_argument("--batch-size", type=int, default=None,
+    parser.add_argument("--batches", type=positive_int, default=2, help="recorded steps (default 2)")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="default: the preset's, else 4")
-    parser.add_argument("--seq-len", type=int, default=None,
+    parser.add_argument("--seq-len", type=positive_int, default=None,
                         help="default: the preset's, else 64")
     parser.add_argument("--seed", type=int, default=0, help="model init and data seed")
     parser.add_argument("--train-mode", action="store_true",
@@ -66,7 +77,7 @@ def add_parser(subparsers: Any, *, bench: ModuleType | None = None) -> argparse.
     parser.add_argument("--no-backward", action="store_true", help="skip gradient metrics")
     parser.add_argument("--no-skip", action="store_true", help="skip the skip-a-block losses")
     parser.add_argument("--no-plots", action="store_true", help="write diagnostics.json only")
-    parser.add_argument("--max-tokens", type=int, default=2048,
+    parser.add_argument("--max-tokens", type=positive_int, default=2048,
                         help="token rows kept per activation per step")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.set_defaults(func=lambda args: run_command(args, bench=bench))
@@ -115,6 +126,8 @@ def _hf_source(args: argparse.Namespace):
     if args.overrides or args.config or args.data == "corpus":
         raise SystemExit("normlab diagnose: --model takes neither --set, --config nor "
                          "--data corpus")
+    if not args.model.is_dir():
+        raise ValueError(f"--model {args.model}: no such directory (a save_pretrained folder)")
     model, causal = load_hf(args.model)
     batches = hf_batches(model, causal=causal, count=args.batches,
                          batch_size=args.batch_size or 4, seq_len=args.seq_len or 64,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from normlab.surgery.adapters import get_adapter
 from normlab.surgery.convert import to_crmsnorm, to_rmsnorm
@@ -37,6 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    if not Path(args.src).is_dir():
+        raise ValueError(f"{args.src}: no such directory (a save_pretrained folder)")
     model = load_source(args.src)
     try:
         model, report = OPERATIONS[args.to](model)
