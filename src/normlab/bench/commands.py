@@ -80,13 +80,14 @@ def train(args: argparse.Namespace) -> int:
     else:
         preset = _require_preset(args)
         cfg, sweep = load_preset(preset, args.overrides)
-        if sweep:
-            pinned = {key: values[:1] for key, values in sweep.items()}
+        pinned = {key: values[:1] for key, values in sweep.items()}
+        if pinned:
+            (_, cfg), = expand(cfg, pinned)
+        rt, out = _setup(cfg, args.out, preset)
+        if pinned and rt.dist.is_main:
             console.print("normlab train: one run; sweep axes pinned to their first value: "
                           + ", ".join(f"{k}={v[0]}" for k, v in pinned.items())
                           + " (use --set to choose, or `normlab bench` for all arms)")
-            (_, cfg), = expand(cfg, pinned)
-        rt, out = _setup(cfg, args.out, preset)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     try:
