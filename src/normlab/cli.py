@@ -25,6 +25,7 @@ from normlab import bench as bench_package
 from normlab.bench import commands
 from normlab.bench.train import RunInterrupted
 from normlab.diagnostics import command as diagnose_command
+from normlab.diagnostics.command import int_at_least
 from normlab.surgery import command as convert_command
 
 
@@ -65,16 +66,6 @@ def _bench_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="normlab", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=normlab.__version__)
@@ -84,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.set_defaults(func=_zoo)
     bench = sub.add_parser("bench", help="train every arm of a sweep preset, then report")
     _bench_options(bench)
-    bench.add_argument("--timing-rounds", type=_non_negative, default=3, metavar="N",
+    bench.add_argument("--timing-rounds", type=int_at_least(0), default=3, metavar="N",
                        help="rounds of the timing pass that measures each arm's speed and "
                             "memory apart from training (default 3; 0 skips it)")
     bench.set_defaults(func=commands.bench)

@@ -34,15 +34,19 @@ from normlab.diagnostics.sources import (
 )
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1 (argparse then names the option in its error)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def int_at_least(minimum: int):
+    """An argparse type: an integer >= `minimum` (argparse names the option in its error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def add_parser(subparsers: Any, *, bench: ModuleType | None = None) -> argparse.ArgumentParser:
@@ -66,10 +70,11 @@ def add_parser(subparsers: Any, *, bench: ModuleType | None = None) -> argparse.
                         help="with --gpt: a JSON object of GPTConfig fields")
     parser.add_argument("--data", choices=("auto", "random", "corpus"), default="auto",
                         help="auto: the preset's corpus with --preset, random tokens otherwise")
-    parser.add_argument("--batches", type=positive_int, default=2, help="recorded steps (default 2)")
-    parser.add_argument("--batch-size", type=positive_int, default=None,
+    parser.add_argument("--batches", type=int_at_least(1), default=2,
+                        help="recorded steps (default 2)")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=None,
                         help="default: the preset's, else 4")
-    parser.add_argument("--seq-len", type=positive_int, default=None,
+    parser.add_argument("--seq-len", type=int_at_least(1), default=None,
                         help="default: the preset's, else 64")
     parser.add_argument("--seed", type=int, default=0, help="model init and data seed")
     parser.add_argument("--train-mode", action="store_true",
@@ -77,7 +82,7 @@ def add_parser(subparsers: Any, *, bench: ModuleType | None = None) -> argparse.
     parser.add_argument("--no-backward", action="store_true", help="skip gradient metrics")
     parser.add_argument("--no-skip", action="store_true", help="skip the skip-a-block losses")
     parser.add_argument("--no-plots", action="store_true", help="write diagnostics.json only")
-    parser.add_argument("--max-tokens", type=positive_int, default=2048,
+    parser.add_argument("--max-tokens", type=int_at_least(1), default=2048,
                         help="token rows kept per activation per step")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.set_defaults(func=lambda args: run_command(args, bench=bench))
