@@ -215,6 +215,12 @@ def test_bench_refuses_a_folder_of_another_sweep(tmp_path, cache_dir, capsys):
     assert cli.main(first) == 0
     assert tree_digest(out / "arms") == {k.removeprefix("arms/"): v for k, v in before.items()
                                          if k.startswith("arms/")}
+    # a sweep folder is not a run folder, and the other way round
+    assert cli.main(["train", "--preset", "smoke", "--out", str(out), *tiny(cache_dir)]) == 2
+    assert "holds a sweep" in one_line_error(capsys)
+    arm = next((out / "arms").iterdir())
+    assert cli.main([*first[:3], "--out", str(arm), *first[5:]]) == 2
+    assert "holds a single run" in one_line_error(capsys)
     # with --overwrite the new sweep starts afresh
     assert cli.main([*first, "--set", "optim.lr=3e-2", "--overwrite"]) == 0
     sweep = json.loads((out / "sweep.json").read_text())["arms"]

@@ -106,6 +106,9 @@ def claim_run_dir(run_dir: Path, cfg: RunConfig, *, resume: bool = False,
         _empty_for_overwrite(run_dir)
         return
     _refuse_foreign(run_dir)
+    if (run_dir / SWEEP_MARKER).is_file():
+        raise ValueError(f"{run_dir} holds a sweep, not a run; choose another --out (a sweep's "
+                         "runs are in its arms/ folder)")
     if not (run_dir / "config.json").is_file():
         return
     if not resume:
@@ -135,6 +138,8 @@ def claim_sweep_dir(out: Path, arms: list[tuple[str, RunConfig]], *,
         _empty_for_overwrite(out)
         return
     _refuse_foreign(out)
+    if (out / "config.json").is_file():
+        raise ValueError(f"{out} holds a single run, not a sweep; choose another --out")
     folder = out / "arms"
     if not folder.is_dir():
         return
