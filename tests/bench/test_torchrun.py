@@ -24,6 +24,7 @@ def test_two_process_ddp_run(tmp_path, cache_dir):
            "--set", "train.eval_every=3", "--set", "train.checkpoint_every=3"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("sweep axes pinned") == 1  # said by rank 0 only
     records = read_metrics(out / "metrics.jsonl")
     # only rank 0 writes: one record per step, no duplicates
     assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 7))

@@ -49,11 +49,12 @@ def run_sweep(arms: list[tuple[str, RunConfig]], out: Path, *, console: Console 
     console = console or Console()
     rt = runtime or Runtime.start(arms[0][1])
     is_main = rt.dist.is_main
-    if is_main:
+    if is_main or not overwrite:  # every rank checks, so all refuse together
         claim_sweep_dir(out, arms, overwrite=overwrite)
+    D.barrier(rt.dist)
+    if is_main:
         out.mkdir(parents=True, exist_ok=True)
         record_sweep(out, arms)
-    D.barrier(rt.dist)
     total = sum(cfg.train.steps for _, cfg in arms)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())

@@ -345,7 +345,7 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: bool 
     run_dir = Path(run_dir)
     rt = runtime or Runtime.start(cfg)
     summary_path = run_dir / "summary.json"
-    if rt.dist.is_main:
+    if rt.dist.is_main or not overwrite:  # every rank checks, so all refuse together
         claim_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
     D.barrier(rt.dist)
     if resume and summary_path.is_file():
