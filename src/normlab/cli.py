@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -125,8 +126,10 @@ def describe(error: BaseException) -> tuple[int, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; every failure ends in one line on stderr (from rank 0 only under
-    torchrun) and a documented exit status. NORMLAB_DEBUG=1 re-raises instead."""
+    torchrun) and a documented exit status. NORMLAB_DEBUG=1 re-raises instead. SIGTERM stops a
+    run as Ctrl-C does."""
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.func(args)
     except (Exception, KeyboardInterrupt) as error:
@@ -136,6 +139,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("RANK", "0") == "0":
             print(f"normlab {args.command}: {message}", file=sys.stderr)
         return status
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame) -> None:
+    """SIGTERM (a scheduler's or `timeout`'s stop) is handled as Ctrl-C: save, then exit 130."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -58,28 +58,44 @@ def straight(tmp_path_factory, cache_dir):
     return out
 
 
-def test_kill_9_at_a_random_step_resumes_bit_identical(tmp_path, cache_dir, straight):
-    kill_at = random.Random(0).randint(3, 5)  # after the first checkpoint, before the end
-    out = tmp_path / "killed"
+def train_killed_at(out: Path, cache_dir: str, step: int, sig: signal.Signals):
+    """`normlab train` in a child process that sends itself `sig` after step `step`."""
     script = (
         "import os, signal, sys\n"
         "from normlab.bench import commands\n"
         "real = commands.training.run\n"
         "def run(*a, on_step=None, **k):\n"
-        f"    def kill(step, record):\n        if step == {kill_at}:\n"
-        "            os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"    def kill(step, record):\n        if step == {step}:\n"
+        f"            os.kill(os.getpid(), signal.{sig.name})\n"
         "    return real(*a, on_step=kill, **k)\n"
         "commands.training.run = run\n"
         "from normlab import cli\n"
         "sys.exit(cli.main(sys.argv[1:]))\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, "train", "--preset", "smoke",
-                           "--out", str(out), *tiny(cache_dir)], capture_output=True)
+    return subprocess.run([sys.executable, "-c", script, "train", "--preset", "smoke",
+                           "--out", str(out), *tiny(cache_dir)], capture_output=True, text=True)
+
+
+def test_kill_9_at_a_random_step_resumes_bit_identical(tmp_path, cache_dir, straight):
+    kill_at = random.Random(0).randint(3, 5)  # after the first checkpoint, before the end
+    out = tmp_path / "killed"
+    done = train_killed_at(out, cache_dir, kill_at, signal.SIGKILL)
     assert done.returncode == -signal.SIGKILL
     assert not (out / "summary.json").exists()
     assert cli.main(["train", "--resume", str(out), "--no-progress"]) == 0
     assert comparable(out) == comparable(straight)
     assert tree_digest(checkpoint.latest(out)) == tree_digest(checkpoint.latest(straight))
+
+
+def test_sigterm_saves_the_step_and_says_how_to_resume(tmp_path, cache_dir, straight):
+    out = tmp_path / "stopped"
+    done = train_killed_at(out, cache_dir, 3, signal.SIGTERM)
+    assert done.returncode == 130
+    message = done.stderr.strip()
+    assert "\n" not in message and "saved step 3" in message, done.stderr
+    assert checkpoint.latest(out).name == "step_0000003"
+    assert cli.main(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert comparable(out) == comparable(straight)
 
 
 def test_ctrl_c_saves_the_last_step_and_resumes_bit_identical(tmp_path, cache_dir, straight,

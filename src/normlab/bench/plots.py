@@ -74,7 +74,8 @@ def _curves(arms: list[Arm], styles: dict[str, dict[str, Any]], kind: str, key: 
                     label=arm.label + (" (diverged)" if diverged else ""))
     ax.set(xlabel="step", ylabel=key.replace("_", " "), title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    if ax.get_legend_handles_labels()[0]:  # an arm that diverged at once has no curve
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

@@ -308,12 +308,12 @@ def _loop(s: Session, state: LoopState, on_step: StepCallback | None) -> str:
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 save_checkpoint(s, state)
                 saved_at = done
+            if on_step is not None and s.rt.dist.is_main:
+                on_step(done, record)
         except KeyboardInterrupt:
             if s.rt.dist.enabled:
                 raise
             _save_on_interrupt(s, state, streams if state.step == before else None, saved_at)
-        if on_step is not None and s.rt.dist.is_main:
-            on_step(state.step, record)
     return "completed"
 
 
