@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from normlab.surgery.adapters.base import Adapter, Layout, NormSite, Port, tie
+from normlab.surgery.adapters.base import Adapter, Layout, NormSite, Port, register_adapter, tie
 
 _STREAM = "its output is added to or is the residual stream"
 
@@ -49,6 +49,14 @@ def _block_sites(prefix: str, block: nn.Module) -> tuple[list[NormSite], list[Po
 
 class NormlabAdapter(Adapter):
     name = "normlab"
+    classes = ("GPT", "ViT")
+
+    def label(self) -> str:
+        return " and ".join(f"normlab {c}" for c in self.classes)
+
+    def claims(self, model: nn.Module) -> bool:
+        cls = type(model)
+        return cls.__module__.startswith("normlab.models") and cls.__name__ in self.classes
 
     def layout(self, model: nn.Module) -> Layout:
         is_gpt = type(model).__name__ == "GPT"
@@ -102,3 +110,6 @@ class NormlabAdapter(Adapter):
 
     def untie(self, model: nn.Module) -> None:
         model.config.tie_embeddings = False
+
+
+register_adapter(NormlabAdapter())
