@@ -19,9 +19,10 @@ from normlab.surgery.adapters.base import (
     Layout,
     NormSite,
     Port,
+    linears,
     register_adapter,
 )
-from normlab.surgery.adapters.hf import HFAdapter, HFSpec, linears
+from normlab.surgery.adapters.hf import HFAdapter, HFSpec
 
 import_submodules(__name__, __path__)
 

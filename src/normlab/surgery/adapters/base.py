@@ -105,6 +105,11 @@ class Adapter:
         """Record in the model's own config that the head is no longer tied (HF models)."""
 
 
+def linears(*paths: str) -> tuple[Port, ...]:
+    """`Port(path, "linear")` for each path."""
+    return tuple(Port(path, "linear") for path in paths)
+
+
 def tie(model: nn.Module, head: str | None, embedding: str) -> tuple[tuple[str, str], ...]:
     """`Layout.ties` for a head module path and an embedding module path: the pair of weight
     paths when the head shares the embedding's tensor now, else ()."""

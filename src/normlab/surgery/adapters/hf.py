@@ -28,12 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from normlab.surgery.adapters.base import Adapter, Layout, NormSite, Port, tie
-
-
-def linears(*paths: str) -> tuple[Port, ...]:
-    """`Port(path, "linear")` for each path."""
-    return tuple(Port(path, "linear") for path in paths)
+from normlab.surgery.adapters.base import Adapter, Layout, NormSite, Port, linears, tie
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ then the final `norm` and `lm_head` (tied to embed_tokens only when the config s
 
 from __future__ import annotations
 
-from normlab.surgery.adapters.base import NormSite, Port, register_adapter
-from normlab.surgery.adapters.hf import HFAdapter, HFSpec, linears
+from normlab.surgery.adapters.base import NormSite, Port, linears, register_adapter
+from normlab.surgery.adapters.hf import HFAdapter, HFSpec
 
 ALREADY_RMS = (
     "llama already normalizes with RMSNorm: there is no mean subtraction to remove, so "

@@ -19,7 +19,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from normlab.surgery.adapters.base import Adapter, Layout, NormSite, Port, register_adapter, tie
+from normlab.surgery.adapters.base import (
+    Adapter,
+    Layout,
+    NormSite,
+    Port,
+    linears,
+    register_adapter,
+    tie,
+)
 
 _STREAM = "its output is added to or is the residual stream"
 
@@ -29,7 +37,7 @@ def _block_sites(prefix: str, block: nn.Module) -> tuple[list[NormSite], list[Po
     p = block.placement
 
     def lin(*names: str) -> tuple[Port, ...]:
-        return tuple(Port(prefix + n, "linear") for n in names)
+        return linears(*(prefix + n for n in names))
 
     readers = {"attn": lin("attn.q_proj", "attn.k_proj", "attn.v_proj"), "mlp": lin("mlp.fc1")}
     sites = []

@@ -8,8 +8,8 @@ o_proj and every fc2. ViTForImageClassification's classifier reads the final nor
 
 from __future__ import annotations
 
-from normlab.surgery.adapters.base import NormSite, Port, register_adapter
-from normlab.surgery.adapters.hf import HFAdapter, HFSpec, linears
+from normlab.surgery.adapters.base import NormSite, Port, linears, register_adapter
+from normlab.surgery.adapters.hf import HFAdapter, HFSpec
 
 register_adapter(HFAdapter(HFSpec(
     model_type="vit",
