@@ -11,7 +11,14 @@ Subpackages: `normlab.norms` (the zoo), `normlab.weights` (weight-side normaliza
 `normlab.bench` (training harness and reports).
 """
 
-from normlab.blocks import SCHEMES, Block, Placement, make_block, resolve_layout
+from normlab.blocks import (
+    SCHEMES,
+    Block,
+    Placement,
+    make_block,
+    register_scheme,
+    resolve_layout,
+)
 from normlab.models import GPT, GPTConfig, ViT, ViTConfig
 from normlab.norms import Norm, NormInfo, get_norm_class, list_norms, make_norm, register_norm
 
@@ -33,5 +40,6 @@ __all__ = [
     "make_block",
     "make_norm",
     "register_norm",
+    "register_scheme",
     "resolve_layout",
 ]

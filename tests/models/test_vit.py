@@ -103,7 +103,10 @@ def test_model_level_norms_follow_the_scheme(scheme):
 
 
 def test_dyt_alpha_by_position_reaches_the_patch_norms():
-    model = vit(norm="dyt", dyt_alpha_init=(0.8, 0.2, 0.1), dual_patchnorm=True)
+    by_position = {
+        "attn": {"alpha_init": 0.8}, "mlp": {"alpha_init": 0.2}, "outside": {"alpha_init": 0.1}
+    }
+    model = vit(norm="dyt", norm_kwargs_by_position=by_position, dual_patchnorm=True)
     assert model.patch_norm_in.alpha.item() == pytest.approx(0.1)
     assert model.final_norm.alpha.item() == pytest.approx(0.1)
     assert model.blocks[1].norms["mlp_pre"].alpha.item() == pytest.approx(0.2)
@@ -161,7 +164,7 @@ def test_num_params():
         ({"norm": "ln"}, ValueError, "known norms"),
         ({"image_size": 9}, ValueError, "divisible by patch_size"),
         ({"pool": "max"}, ValueError, "pool must be 'cls' or 'mean'"),
-        ({"dyt_alpha_init": (1, 1, 1)}, ValueError, "norm='dyt'"),
+        ({"norm_kwargs_by_position": {"outside": {"alpha_init": 1.0}}}, TypeError, "alpha_init"),
     ],
 )
 def test_bad_configs(overrides, error, message):

@@ -16,6 +16,7 @@ from tests.norms.helpers import perturbed, random_mask
 from torch.func import functional_call
 
 from normlab import NormInfo, get_norm_class, list_norms, make_norm, register_norm
+from normlab.diagnostics import metrics
 from normlab.norms.base import Norm
 
 NAMES = list_norms()
@@ -69,6 +70,27 @@ def test_declares_facts(name):
     assert cls.info.fold in ("op", "affine", "none")
     assert cls.info.paper
     assert cls.__doc__ and len(cls.__doc__.strip()) > 80, "the docstring is the spec"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declared_scalars_and_squash(name):
+    """`info.scalars` are the 0-d tensors `recorded_scalars` reports; a declared `Squash` is
+    what the forward computes with γ = 1, β = 0: y = fn(gain·x), whatever the gain."""
+    norm = make_norm(name, DIM, dtype=torch.float64)
+    declared = norm.info.scalars
+    values = norm.recorded_scalars()
+    assert list(values) == list(declared)
+    for key in declared:
+        assert getattr(norm, key).dim() == 0 and values[key] == getattr(norm, key).item()
+    squash = norm.info.squash
+    if squash is None:
+        return
+    x = torch.randn(4, 5, DIM, dtype=torch.float64) * 3
+    for factor in (1.0, 2.5):
+        with torch.no_grad():
+            getattr(norm, squash.gain).mul_(factor)
+        gain = norm.recorded_scalars()[squash.gain]
+        torch.testing.assert_close(norm(x), metrics.SQUASHES[squash.fn](gain * x))
 
 
 @pytest.mark.parametrize("masked", [False, True])

@@ -4,10 +4,19 @@
     block = make_block(64, 4, scheme="mix", norm="rmsnorm", layer_index=0, depth=12)
 """
 
-from normlab.blocks.block import MLP, Attention, Block, attention_mask, gpas, make_block
+from normlab.blocks.block import (
+    MLP,
+    Attention,
+    Block,
+    attention_mask,
+    check_shape,
+    gpas,
+    make_block,
+)
 from normlab.blocks.init import init_block, init_embedding, init_linear
 from normlab.blocks.placement import (
     SCHEMES,
+    SUBLAYERS,
     Gate,
     InitSpec,
     Layout,
@@ -15,6 +24,7 @@ from normlab.blocks.placement import (
     Scheme,
     deepnorm_constants,
     mix_boundary,
+    register_scheme,
     resolve_layout,
     resolve_placement,
     tfixup_constants,
@@ -23,6 +33,7 @@ from normlab.blocks.placement import (
 __all__ = [
     "MLP",
     "SCHEMES",
+    "SUBLAYERS",
     "Attention",
     "Block",
     "Gate",
@@ -31,6 +42,7 @@ __all__ = [
     "Placement",
     "Scheme",
     "attention_mask",
+    "check_shape",
     "deepnorm_constants",
     "gpas",
     "init_block",
@@ -38,6 +50,7 @@ __all__ = [
     "init_linear",
     "make_block",
     "mix_boundary",
+    "register_scheme",
     "resolve_layout",
     "resolve_placement",
     "tfixup_constants",

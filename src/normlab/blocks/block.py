@@ -128,7 +128,7 @@ class Block(nn.Module):
         mlp_ratio: float = 4.0, causal: bool = True, bias: bool = True, dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        _check_shape(dim, heads, mlp_ratio, dropout)
+        check_shape(dim, heads, mlp_ratio, dropout)
         if not isinstance(placement, Placement):
             raise TypeError(f"placement must be a Placement, got {type(placement).__name__}")
         unknown = set(sublayer_norm_kwargs or {}) - set(SUBLAYERS)
@@ -186,7 +186,9 @@ class Block(nn.Module):
         return slots
 
 
-def _check_shape(dim: int, heads: int, mlp_ratio: float, dropout: float) -> None:
+def check_shape(dim: int, heads: int, mlp_ratio: float, dropout: float) -> None:
+    """ValueError naming the fix unless D and H are positive ints with H | D (head size D/H),
+    the MLP width round(mlp_ratio·D) is positive and 0 <= dropout < 1."""
     for name, value in (("dim", dim), ("heads", heads)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")

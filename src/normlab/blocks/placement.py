@@ -13,7 +13,8 @@ plus constant scales (the input scale s, LNS's 1/√ℓ; the residual scale α, 
 the model-level norms (embedding, final) and the `InitSpec` that `init_weights` follows.
 
 `SCHEMES` names the published layouts. A scheme is a function of the depth (and of options),
-so per-layer rules such as Mix-LN's are data too; adding a scheme is one entry in the table.
+so per-layer rules such as Mix-LN's are data too; adding a scheme is one function decorated
+with `register_scheme` (docs/placements.md, "How to add a scheme").
 
     resolve_layout("mix", depth=12).blocks[2].mlp          # ('post',)
     resolve_placement("lns", layer_index=3, depth=12).input_scale    # 1/√4 = 0.5
@@ -26,7 +27,9 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
+
+from normlab.registry import Registry
 
 Slot = Literal["pre", "hidden", "branch_out", "post"]
 Sublayer = Literal["attn", "mlp"]
@@ -175,21 +178,21 @@ class Layout:
     """A whole stack: a `Placement` per block plus the model-level parts.
 
     Attributes:
-        scheme: the scheme name.
         blocks: one `Placement` per block, block 0 first.
         final_norm: a norm after the last block (absent for Post-LN stacks, whose last block
             already ends with a norm, and for normalization-free schemes).
         embed_norm: a norm on the embeddings before the first block (Peri-LN's option).
         scale_embeddings: multiply the token embeddings by √D in forward (T-Fixup).
         init: the weight initialization (`InitSpec`).
+        scheme: the scheme's name, filled in by `resolve_layout`.
     """
 
-    scheme: str
     blocks: tuple[Placement, ...]
     final_norm: bool = True
     embed_norm: bool = False
     scale_embeddings: bool = False
     init: InitSpec = field(default_factory=InitSpec)
+    scheme: str = ""
 
     @property
     def depth(self) -> int:
@@ -209,6 +212,25 @@ class Scheme:
         """The scheme's options and their defaults."""
         params = inspect.signature(self.layout).parameters
         return {n: p.default for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
+
+
+SCHEMES: Registry[Scheme] = Registry("placement scheme", plural="schemes")
+LayoutFn = TypeVar("LayoutFn", bound=Callable[..., Layout])
+
+
+def register_scheme(name: str, *, formula: str, paper: str) -> Callable[[LayoutFn], LayoutFn]:
+    """Function decorator: register `layout(depth, architecture, **options) -> Layout` as the
+    placement scheme `name` (stored lower-case) in `SCHEMES`.
+
+    `formula` is the scheme in one line, `paper` its citation; keyword-only arguments of the
+    function are the scheme's options (`Scheme.options`), given as `placement_kwargs`.
+    """
+
+    def decorator(layout: LayoutFn) -> LayoutFn:
+        SCHEMES.add(name, Scheme(name.lower(), formula, paper, layout))
+        return layout
+
+    return decorator
 
 
 PRE = Placement(attn=("pre",), mlp=("pre",))
@@ -245,23 +267,45 @@ def _check_architecture(architecture: str) -> None:
         raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
 
 
+@register_scheme(
+    "post",
+    formula="y = N(x + F(x)) per sublayer; no final norm",
+    paper="Attention Is All You Need (Vaswani et al., NeurIPS 2017)",
+)
 def _post(depth: int, architecture: Architecture) -> Layout:
-    return Layout("post", (POST,) * depth, final_norm=False)
+    return Layout((POST,) * depth, final_norm=False)
 
 
+@register_scheme(
+    "pre",
+    formula="y = x + F(N(x)) per sublayer; final norm",
+    paper="On Layer Normalization in the Transformer Architecture (Xiong et al., ICML 2020)",
+)
 def _pre(depth: int, architecture: Architecture) -> Layout:
-    return Layout("pre", (PRE,) * depth)
+    return Layout((PRE,) * depth)
 
 
+@register_scheme(
+    "peri",
+    formula="y = x + N_out(F(N_in(x))); final norm; optional embedding norm",
+    paper="Peri-LN: Revisiting Normalization Layer in the Transformer Architecture "
+    "(Kim et al., ICML 2025); Sandwich-LN: CogView (Ding et al., NeurIPS 2021)",
+)
 def _peri(depth: int, architecture: Architecture, *, embed_norm: bool = False) -> Layout:
-    return Layout("peri", (PERI,) * depth, embed_norm=bool(embed_norm))
+    return Layout((PERI,) * depth, embed_norm=bool(embed_norm))
 
 
+@register_scheme(
+    "mix",
+    formula="blocks i < ⌊α·L⌋ Post-LN, the rest Pre-LN; final norm",
+    paper="Mix-LN: Unleashing the Power of Deeper Layers by Combining Pre-LN and Post-LN "
+    "(Li, Yin, Liu, ICLR 2025)",
+)
 def _mix(depth: int, architecture: Architecture, *, alpha: float = 0.25) -> Layout:
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"mix: alpha (the Post-LN fraction) must be in [0, 1], got {alpha!r}")
     boundary = mix_boundary(alpha, depth)
-    return Layout("mix", tuple(POST if i < boundary else PRE for i in range(depth)))
+    return Layout(tuple(POST if i < boundary else PRE for i in range(depth)))
 
 
 def mix_boundary(alpha: float, depth: int) -> int:
@@ -272,23 +316,38 @@ def mix_boundary(alpha: float, depth: int) -> int:
     return math.floor(alpha * depth + 1e-9)
 
 
+@register_scheme(
+    "lns",
+    formula="y = x + F(N(x)/√ℓ), ℓ = i + 1; final norm unscaled",
+    paper="The Curse of Depth in Large Language Models (Sun et al., NeurIPS 2025)",
+)
 def _lns(depth: int, architecture: Architecture) -> Layout:
     # ℓ = i + 1 is 1-based: block 0 is unscaled.
     blocks = tuple(
         dataclasses.replace(PRE, input_scale=1.0 / math.sqrt(i + 1)) for i in range(depth)
     )
-    return Layout("lns", blocks)
+    return Layout(blocks)
 
 
+@register_scheme(
+    "deepnorm",
+    formula="y = N(α·x + F(x)), α = (2L)^{1/4}, init gain β = (8L)^{-1/4}",
+    paper="DeepNet: Scaling Transformers to 1,000 Layers (Wang et al., 2022; TPAMI 2024)",
+)
 def _deepnorm(depth: int, architecture: Architecture) -> Layout:
     alpha, beta = deepnorm_constants(depth, architecture)
     block = dataclasses.replace(POST, residual_scale=alpha)
     return Layout(
-        "deepnorm", (block,) * depth, final_norm=False,
-        init=InitSpec(linear="xavier", branch_gain=beta),
+        (block,) * depth, final_norm=False, init=InitSpec(linear="xavier", branch_gain=beta)
     )
 
 
+@register_scheme(
+    "normformer",
+    formula="y = x + N_a(γ_h ⊙ Attn(N(x))); y = x + fc2(N_f(gelu(fc1(N(x))))); final norm",
+    paper="NormFormer: Improved Transformer Pretraining with Extra Normalization "
+    "(Shleifer, Weston, Ott, 2021)",
+)
 def _normformer(
     depth: int, architecture: Architecture, *, scale_heads: bool = True, scale_attn: bool = True,
     scale_fc: bool = True, scale_resids: bool = False,
@@ -300,12 +359,18 @@ def _normformer(
         gates=(Gate("residual", init=1.0, per_channel=True, sublayers=("mlp",)),)
         if scale_resids else (),
     )
-    return Layout("normformer", (block,) * depth)
+    return Layout((block,) * depth)
 
 
 GPAS_GATE = Gate("stream", fn="gpas", init=0.0, shared=True)
 
 
+@register_scheme(
+    "gpas",
+    formula="y = G(x + F(N(x))), G(y) = y − SiLU(a)·sg(y), one gate a per block",
+    paper="GPAS: Accelerating Convergence of LLM Pretraining via Gradient-Preserving "
+    "Activation Scaling (Chen et al., NeurIPS 2025)",
+)
 def _gpas(depth: int, architecture: Architecture, *, base: str = "pre") -> Layout:
     if base not in ("pre", "peri"):
         raise ValueError(
@@ -313,104 +378,50 @@ def _gpas(depth: int, architecture: Architecture, *, base: str = "pre") -> Layou
         )
     inner = SCHEMES[base].layout(depth, architecture)
     blocks = tuple(dataclasses.replace(p, gates=(*p.gates, GPAS_GATE)) for p in inner.blocks)
-    return dataclasses.replace(inner, scheme="gpas", blocks=blocks)
+    return dataclasses.replace(inner, blocks=blocks)
 
 
+@register_scheme(
+    "rezero",
+    formula="y = x + α·F(x), one α per block (init 0); no norms",
+    paper="ReZero is All You Need: Fast Convergence at Large Depth "
+    "(Bachlechner et al., UAI 2021)",
+)
 def _rezero(depth: int, architecture: Architecture) -> Layout:
     block = Placement(gates=(Gate("branch", init=0.0, shared=True),))
-    return Layout("rezero", (block,) * depth, final_norm=False)
+    return Layout((block,) * depth, final_norm=False)
 
 
+@register_scheme(
+    "skipinit",
+    formula="y = x + g·F(x), one g per branch (init 0); no norms",
+    paper="Batch Normalization Biases Residual Blocks Towards the Identity Function in Deep "
+    "Networks (De, Smith, NeurIPS 2020)",
+)
 def _skipinit(depth: int, architecture: Architecture) -> Layout:
     block = Placement(gates=(Gate("branch", init=0.0, shared=False),))
-    return Layout("skipinit", (block,) * depth, final_norm=False)
+    return Layout((block,) * depth, final_norm=False)
 
 
+@register_scheme(
+    "tfixup",
+    formula="y = x + F(x); no norms; scaled Xavier init, √D embedding scale",
+    paper="Improving Transformer Optimization Through Better Initialization "
+    "(Huang, Perez, Ba, Volkovs, ICML 2020)",
+)
 def _tfixup(depth: int, architecture: Architecture) -> Layout:
     branch, embed = tfixup_constants(depth, architecture)
     init = InitSpec(linear="xavier", branch_gain=branch, embed_std=None, embed_gain=embed)
-    return Layout(
-        "tfixup", (BARE,) * depth, final_norm=False, scale_embeddings=True, init=init
-    )
+    return Layout((BARE,) * depth, final_norm=False, scale_embeddings=True, init=init)
 
 
+@register_scheme(
+    "none",
+    formula="y = x + F(x); no norms (control)",
+    paper="(no normalization)",
+)
 def _none(depth: int, architecture: Architecture) -> Layout:
-    return Layout("none", (BARE,) * depth, final_norm=False)
-
-
-SCHEMES: dict[str, Scheme] = {
-    s.name: s
-    for s in (
-        Scheme(
-            "post", "y = N(x + F(x)) per sublayer; no final norm",
-            "Attention Is All You Need (Vaswani et al., NeurIPS 2017)", _post,
-        ),
-        Scheme(
-            "pre", "y = x + F(N(x)) per sublayer; final norm",
-            "On Layer Normalization in the Transformer Architecture (Xiong et al., ICML 2020)",
-            _pre,
-        ),
-        Scheme(
-            "peri", "y = x + N_out(F(N_in(x))); final norm; optional embedding norm",
-            "Peri-LN: Revisiting Normalization Layer in the Transformer Architecture "
-            "(Kim et al., ICML 2025); Sandwich-LN: CogView (Ding et al., NeurIPS 2021)",
-            _peri,
-        ),
-        Scheme(
-            "mix", "blocks i < ⌊α·L⌋ Post-LN, the rest Pre-LN; final norm",
-            "Mix-LN: Unleashing the Power of Deeper Layers by Combining Pre-LN and Post-LN "
-            "(Li, Yin, Liu, ICLR 2025)",
-            _mix,
-        ),
-        Scheme(
-            "lns", "y = x + F(N(x)/√ℓ), ℓ = i + 1; final norm unscaled",
-            "The Curse of Depth in Large Language Models (Sun et al., NeurIPS 2025)", _lns,
-        ),
-        Scheme(
-            "deepnorm", "y = N(α·x + F(x)), α = (2L)^{1/4}, init gain β = (8L)^{-1/4}",
-            "DeepNet: Scaling Transformers to 1,000 Layers (Wang et al., 2022; TPAMI 2024)",
-            _deepnorm,
-        ),
-        Scheme(
-            "normformer",
-            "y = x + N_a(γ_h ⊙ Attn(N(x))); y = x + fc2(N_f(gelu(fc1(N(x))))); final norm",
-            "NormFormer: Improved Transformer Pretraining with Extra Normalization "
-            "(Shleifer, Weston, Ott, 2021)",
-            _normformer,
-        ),
-        Scheme(
-            "gpas", "y = G(x + F(N(x))), G(y) = y − SiLU(a)·sg(y), one gate a per block",
-            "GPAS: Accelerating Convergence of LLM Pretraining via Gradient-Preserving "
-            "Activation Scaling (Chen et al., NeurIPS 2025)",
-            _gpas,
-        ),
-        Scheme(
-            "rezero", "y = x + α·F(x), one α per block (init 0); no norms",
-            "ReZero is All You Need: Fast Convergence at Large Depth "
-            "(Bachlechner et al., UAI 2021)",
-            _rezero,
-        ),
-        Scheme(
-            "skipinit", "y = x + g·F(x), one g per branch (init 0); no norms",
-            "Batch Normalization Biases Residual Blocks Towards the Identity Function in Deep "
-            "Networks (De, Smith, NeurIPS 2020)",
-            _skipinit,
-        ),
-        Scheme(
-            "tfixup", "y = x + F(x); no norms; scaled Xavier init, √D embedding scale",
-            "Improving Transformer Optimization Through Better Initialization "
-            "(Huang, Perez, Ba, Volkovs, ICML 2020)",
-            _tfixup,
-        ),
-        Scheme("none", "y = x + F(x); no norms (control)", "(no normalization)", _none),
-    )
-}
-
-
-def _scheme(name: str) -> Scheme:
-    if not isinstance(name, str) or name.lower() not in SCHEMES:
-        raise ValueError(f"unknown placement scheme {name!r}; known schemes: {', '.join(SCHEMES)}")
-    return SCHEMES[name.lower()]
+    return Layout((BARE,) * depth, final_norm=False)
 
 
 def resolve_layout(
@@ -425,7 +436,7 @@ def resolve_layout(
             constants.
         options: the scheme's options (`SCHEMES[name].options()`), e.g. mix's `alpha`.
     """
-    spec = _scheme(scheme)
+    spec = SCHEMES.lookup(scheme)
     if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
         raise ValueError(f"depth must be a positive int, got {depth!r}")
     _check_architecture(architecture)
@@ -436,7 +447,7 @@ def resolve_layout(
         raise ValueError(
             f"placement {spec.name!r}: unknown option(s) {', '.join(unknown)}; accepted: {accepted}"
         )
-    return spec.layout(depth, architecture, **options)
+    return dataclasses.replace(spec.layout(depth, architecture, **options), scheme=spec.name)
 
 
 def resolve_placement(

@@ -159,15 +159,28 @@ def fluctuation(batch: Tensor, running: Tensor, scale: Tensor) -> dict[str, floa
     }
 
 
-def tanh_saturation(x: Tensor, alpha: Tensor | float, threshold: float = 0.99) -> float:
-    """Fraction of the entries of `x` where DyT's |tanh(α·x)| exceeds `threshold`.
+# The bounded functions a `normlab.norms.Squash` may name, each with range (-1, 1).
+SQUASHES = {"tanh": torch.tanh}
 
-    Saturated entries pass (almost) no gradient: 1 - tanh² < 0.02 for threshold 0.99.
+
+def saturation(fn: str, x: Tensor, gain: Tensor | float, threshold: float = 0.99) -> float:
+    """Fraction of the entries of `x` where |fn(gain·x)| exceeds `threshold` (fn in `SQUASHES`).
+
+    `gain` is a scalar or broadcasts against `x` (one value per row, say). Saturated entries
+    pass (almost) no gradient: for tanh, 1 - tanh² < 0.02 at threshold 0.99.
     """
+    if fn not in SQUASHES:
+        raise ValueError(f"saturation: fn must be one of {sorted(SQUASHES)}, got {fn!r}")
     if not 0.0 < threshold < 1.0:
-        raise ValueError(f"tanh_saturation: threshold must be in (0, 1), got {threshold}")
-    a = alpha.detach().to(torch.float64) if isinstance(alpha, Tensor) else float(alpha)
-    return (torch.tanh(a * x.detach().to(torch.float64)).abs() > threshold).double().mean().item()
+        raise ValueError(f"{fn}_saturation: threshold must be in (0, 1), got {threshold}")
+    a = gain.detach().to(torch.float64) if isinstance(gain, Tensor) else float(gain)
+    squashed = SQUASHES[fn](a * x.detach().to(torch.float64))
+    return (squashed.abs() > threshold).double().mean().item()
+
+
+def tanh_saturation(x: Tensor, alpha: Tensor | float, threshold: float = 0.99) -> float:
+    """Fraction of the entries of `x` where DyT's |tanh(α·x)| exceeds `threshold`."""
+    return saturation("tanh", x, alpha, threshold)
 
 
 def s_curve_sample(

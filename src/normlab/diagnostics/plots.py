@@ -23,7 +23,6 @@ from normlab.diagnostics import schema
 
 Doc = dict[str, Any]
 Runs = Mapping[str, Doc]
-S_CURVE_KINDS = ("layernorm", "rmsnorm", "dyt")  # drawn first, in this order
 MAX_S_CURVE_PANELS = 4
 DPI = 90
 
@@ -135,10 +134,8 @@ def outlier_heatmap(doc: Doc, path: Path, label: str = "") -> Path:
 
 
 def _curve_norms(doc: Doc) -> list[Doc]:
-    """Up to MAX_S_CURVE_PANELS norms with samples: preferred kinds, spread over depth."""
-    with_curve = [n for n in doc["norms"] if n["s_curve"]]
-    preferred = [n for kind in S_CURVE_KINDS for n in with_curve if n["kind"] == kind]
-    pool = preferred or with_curve
+    """Up to MAX_S_CURVE_PANELS norms with samples, spread over depth."""
+    pool = [n for n in doc["norms"] if n["s_curve"]]
     if len(pool) <= MAX_S_CURVE_PANELS:
         return pool
     step = (len(pool) - 1) / (MAX_S_CURVE_PANELS - 1)
@@ -159,7 +156,8 @@ def s_curves(doc: Doc, path: Path, label: str = "") -> Path:
         curve = norm["s_curve"]
         for channel, xs, ys in zip(curve["channels"], curve["x"], curve["y"], strict=True):
             ax.scatter(xs, ys, s=3, alpha=0.6, label=f"c{channel}")
-        extra = f", α={norm['dyt']['alpha']:.3g}" if norm["dyt"] else ""
+        scalars = norm[schema.SCALARS] or {}
+        extra = "".join(f", {k}={v:.3g}" for k, v in scalars.items() if k != "saturation")
         ax.set_title(f"{norm['name']} ({norm['kind']}{extra})", fontsize=8)
         ax.set_xlabel("input x_c", fontsize=8)
         ax.set_ylabel("output y_c", fontsize=8)

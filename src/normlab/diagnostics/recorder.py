@@ -35,8 +35,7 @@ from normlab.diagnostics.select import (
     select_blocks,
     select_norms,
 )
-from normlab.norms.base import Norm
-from normlab.norms.elementwise import DyT
+from normlab.norms.base import Norm, Squash
 from normlab.norms.functional import masked_moments
 
 # Running buffers of batch-statistics norms and the batch statistic each one estimates.
@@ -70,12 +69,15 @@ class BatchMoments:
 
 @dataclass
 class NormEntry:
+    """What a norm declares about itself (normlab norms; None for others) and where it sits."""
+
     name: str
     cls: str
     kind: str
     stats: str | None
     block: int | None
     eps: float | None
+    squash: Squash | None = None
 
 
 @dataclass
@@ -95,7 +97,8 @@ class Recording:
         default_factory=lambda: defaultdict(lambda: defaultdict(float)))
     norm_in: dict[str, list[Capture]] = field(default_factory=lambda: defaultdict(list))
     norm_out: dict[str, list[Capture]] = field(default_factory=lambda: defaultdict(list))
-    dyt_alpha: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    # norm name -> the scalars it declares (`NormInfo.scalars`), one dict per call
+    scalars: dict[str, list[dict[str, float]]] = field(default_factory=lambda: defaultdict(list))
     batch_moments: dict[str, list[BatchMoments]] = field(
         default_factory=lambda: defaultdict(list))
 
@@ -103,6 +106,13 @@ class Recording:
 def _eps(module: nn.Module) -> float | None:
     eps = getattr(module, "eps", getattr(module, "variance_epsilon", None))
     return float(eps) if isinstance(eps, int | float) else None
+
+
+def _norm_entry(name: str, module: nn.Module, blocks: list[tuple[str, nn.Module]]) -> NormEntry:
+    info = module.info if isinstance(module, Norm) else None
+    return NormEntry(name, type(module).__name__, norm_kind(module),
+                     info.stats if info else None, block_of(name, blocks), _eps(module),
+                     info.squash if info else None)
 
 
 def main_input(args: tuple, kwargs: dict[str, Any]) -> Tensor | None:
@@ -172,12 +182,7 @@ class Recorder:
             model_class=type(model).__name__,
             parameters=sum(p.numel() for p in model.parameters()),
             blocks=[(name, type(m).__name__) for name, m in self.blocks],
-            norms=[
-                NormEntry(name, type(m).__name__, norm_kind(m),
-                          m.info.stats if isinstance(m, Norm) else None,
-                          block_of(name, self.blocks), _eps(m))
-                for name, m in self.norms
-            ],
+            norms=[_norm_entry(name, m, self.blocks) for name, m in self.norms],
         )
         self._handles: list[RemovableHandle] = []
         self._calls = 0
@@ -287,8 +292,8 @@ class Recorder:
             capture = self._capture(main_output(output))
             if capture is not None:
                 self.recording.norm_out[name].append(capture)
-            if isinstance(norm, DyT):
-                self.recording.dyt_alpha[name].append(float(norm.alpha.detach()))
+            if isinstance(norm, Norm) and norm.info.scalars:
+                self.recording.scalars[name].append(norm.recorded_scalars())
         return hook
 
     def _on_batch_norm_input(self, name: str, norm: Norm):

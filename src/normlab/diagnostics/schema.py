@@ -17,7 +17,11 @@ TOP_LEVEL = ("schema", "version", "normlab_version", "model", "meta", "steps", "
              "norms", "massive_activations", "skip")
 BLOCK_KEYS = ("index", "name", "class", "input", "output", "angular_distance", "grad",
               "skip_loss_delta", "outliers")
-NORM_KEYS = ("name", "class", "kind", "stats", "block", "input", "output", "s_curve", "dyt",
+# A norm's declared scalars (`NormInfo.scalars`) and its saturation (`NormInfo.squash`). The
+# field keeps the name it had when DyT was the only norm declaring any, so that version 1
+# files and the bench's diagnostics.jsonl keep one format.
+SCALARS = "dyt"
+NORM_KEYS = ("name", "class", "kind", "stats", "block", "input", "output", "s_curve", SCALARS,
              "batch_stats")
 
 

@@ -123,6 +123,22 @@ def _batch_stats(moments: list[BatchMoments], eps: float) -> dict[str, Any] | No
     return out
 
 
+def _scalars(rec: Recording, entry: NormEntry, inputs: Tensor | None) -> dict[str, float] | None:
+    """The scalars the norm declares, at its last recorded call, and, for a norm that declares
+    a `Squash`, the fraction of its inputs that saturate it (each row with its call's gain)."""
+    calls = rec.scalars.get(entry.name)
+    if not calls or inputs is None:
+        return None
+    out = dict(calls[-1])
+    if entry.squash is not None:
+        gains = [call[entry.squash.gain] for call in calls]
+        per_row = torch.cat([torch.full((c.values.shape[0], 1), g, dtype=torch.float64)
+                             for c, g in zip(rec.norm_in[entry.name], gains, strict=False)])
+        out["saturation"] = metrics.saturation(entry.squash.fn, inputs[: per_row.shape[0]],
+                                               per_row)
+    return out
+
+
 def _norm_entry(rec: Recording, entry: NormEntry, curve_channels: int, curve_points: int,
                 seed: int) -> dict[str, Any]:
     inputs, outputs = _values(rec.norm_in[entry.name]), _values(rec.norm_out[entry.name])
@@ -130,14 +146,6 @@ def _norm_entry(rec: Recording, entry: NormEntry, curve_channels: int, curve_poi
     if inputs is not None and outputs is not None and inputs.shape == outputs.shape:
         curve = metrics.s_curve_sample(inputs, outputs, channels=curve_channels,
                                        points=curve_points, seed=seed)
-    dyt = None
-    alphas = rec.dyt_alpha.get(entry.name)
-    if alphas and inputs is not None:
-        # one α per recorded call, repeated over that call's rows
-        per_row = torch.cat([torch.full((c.values.shape[0], 1), a, dtype=torch.float64)
-                             for c, a in zip(rec.norm_in[entry.name], alphas, strict=False)])
-        dyt = {"alpha": alphas[-1],
-               "saturation": metrics.tanh_saturation(inputs[: per_row.shape[0]], per_row)}
     return {
         "name": entry.name,
         "class": entry.cls,
@@ -147,7 +155,7 @@ def _norm_entry(rec: Recording, entry: NormEntry, curve_channels: int, curve_poi
         "input": None if inputs is None else metrics.moments(inputs),
         "output": None if outputs is None else metrics.moments(outputs),
         "s_curve": curve,
-        "dyt": dyt,
+        schema.SCALARS: _scalars(rec, entry, inputs),
         "batch_stats": _batch_stats(rec.batch_moments.get(entry.name, []),
                                     entry.eps if entry.eps is not None else DEFAULT_EPS),
     }

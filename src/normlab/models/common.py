@@ -1,4 +1,4 @@
-"""What the GPT and the ViT share: the block-stack config, norm construction by position,
+"""What the GPT and the ViT share: the block-stack config, applying an optional norm,
 counting."""
 
 from __future__ import annotations
@@ -9,54 +9,34 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from normlab.blocks import resolve_layout
+from normlab.blocks import SUBLAYERS, check_shape, resolve_layout
 from normlab.norms import Norm, get_norm_class
+from normlab.norms.registry import check_norm_kwargs
 
-
-def check_config(
-    name: str, *, norm: str, placement: str, placement_kwargs: Mapping[str, Any], depth: int,
-    dim: int, heads: int, mlp_ratio: float, dropout: float,
-    dyt_alpha_init: Sequence[float] | None, architecture: str,
-) -> tuple[float, float, float] | None:
-    """Check a model config; return `dyt_alpha_init` as a tuple. Errors name the fix."""
-    for key, value in (("depth", depth), ("dim", dim), ("heads", heads)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name}.{key} must be a positive int, got {value!r}")
-    if dim % heads:
-        raise ValueError(f"{name}: dim={dim} must be divisible by heads={heads}")
-    if not mlp_ratio > 0:
-        raise ValueError(f"{name}.mlp_ratio must be > 0, got {mlp_ratio!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"{name}.dropout must be in [0, 1), got {dropout!r}")
-    if not isinstance(norm, str):
-        raise TypeError(f"{name}.norm must be a registered norm name, got {norm!r}")
-    get_norm_class(norm)  # ValueError listing the known norms
-    resolve_layout(placement, depth, architecture=architecture, **placement_kwargs)
-    if dyt_alpha_init is None:
-        return None
-    if norm.lower() != "dyt":
-        raise ValueError(f"{name}.dyt_alpha_init is for norm='dyt', got norm={norm!r}")
-    alphas = tuple(float(a) for a in dyt_alpha_init)
-    if len(alphas) != 3:
-        raise ValueError(
-            f"{name}.dyt_alpha_init must be (attn, ffn, final), e.g. (0.8, 0.2, 0.2); "
-            f"got {dyt_alpha_init!r}"
-        )
-    return alphas
+# Keys of `StackConfig.norm_kwargs_by_position`: the block sublayers and the norms outside them.
+POSITIONS: tuple[str, ...] = (*SUBLAYERS, "outside")
 
 
 @dataclass
 class StackConfig:
     """The fields every model has: its blocks' shape, norm and placement.
 
+    Constructing one checks every field (ValueError naming the fix; TypeError for a norm
+    argument the norm does not take), so a bad config fails before any model is built. Each
+    fact is checked where it is defined: the block's shape by `blocks.check_shape`, the depth
+    and the placement by `blocks.resolve_layout`, the norm by the norm registry.
+
     Attributes:
         depth, dim, heads, mlp_ratio: L blocks of width D with H heads and an MLP of D·mlp_ratio.
         norm, norm_kwargs: a registered norm name (`normlab.list_norms()`) and its arguments,
             used in every norm slot.
+        norm_kwargs_by_position: arguments that override `norm_kwargs` for the norms of one
+            position: "attn" (the attention sublayer's norms), "mlp" (the MLP sublayer's) and
+            "outside" (the norms outside the blocks: final, embedding, patch). DyT's LLaMA
+            recipe: {"attn": {"alpha_init": 0.8}, "mlp": {"alpha_init": 0.2},
+            "outside": {"alpha_init": 0.2}}.
         placement, placement_kwargs: a scheme of `normlab.blocks.SCHEMES` and its options.
         dropout: embedding, attention and residual-branch dropout.
-        dyt_alpha_init: (attn, ffn, final) α₀ of DyT by position, the LLaMA recipe of
-            "Transformers without Normalization" (e.g. (0.8, 0.2, 0.2) at 7B); norm="dyt" only.
     """
 
     architecture: ClassVar[str]  # "decoder" | "encoder": selects DeepNorm's constants
@@ -67,35 +47,39 @@ class StackConfig:
     mlp_ratio: float = 4.0
     norm: str = "layernorm"
     norm_kwargs: dict[str, Any] = field(default_factory=dict)
+    norm_kwargs_by_position: dict[str, dict[str, Any]] = field(default_factory=dict)
     placement: str = "pre"
     placement_kwargs: dict[str, Any] = field(default_factory=dict)
     dropout: float = 0.0
-    dyt_alpha_init: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
-        self.dyt_alpha_init = check_config(
-            type(self).__name__, norm=self.norm, placement=self.placement,
-            placement_kwargs=self.placement_kwargs, depth=self.depth, dim=self.dim,
-            heads=self.heads, mlp_ratio=self.mlp_ratio, dropout=self.dropout,
-            dyt_alpha_init=self.dyt_alpha_init, architecture=self.architecture,
-        )
+        try:
+            check_shape(self.dim, self.heads, self.mlp_ratio, self.dropout)
+            resolve_layout(
+                self.placement, self.depth, architecture=self.architecture,
+                **self.placement_kwargs,
+            )
+            if not isinstance(self.norm, str):
+                raise ValueError(f"norm must be a registered norm name, got {self.norm!r}")
+            cls = get_norm_class(self.norm)  # ValueError listing the known norms
+        except ValueError as error:
+            raise ValueError(f"{type(self).__name__}: {error}") from None
+        in_blocks, outside = self.position_kwargs()
+        for kwargs in (*in_blocks.values(), outside):
+            check_norm_kwargs(cls, kwargs)
 
-
-def norm_kwargs_by_position(
-    norm_kwargs: Mapping[str, Any], dyt_alpha_init: tuple[float, float, float] | None
-) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """(per-sublayer kwargs for the blocks, kwargs for the embedding/final norms).
-
-    With `dyt_alpha_init = (a_attn, a_ffn, a_final)` (the DyT LLaMA recipe: separate α₀ for the
-    attention-input, FFN-input and final norms), every norm of the attention sublayer starts at
-    a_attn, every norm of the MLP sublayer at a_ffn, and the norms outside the blocks (final,
-    embedding, patch) at a_final.
-    """
-    if dyt_alpha_init is None:
-        return {}, dict(norm_kwargs)
-    attn, ffn, final = dyt_alpha_init
-    sublayers = {"attn": {"alpha_init": attn}, "mlp": {"alpha_init": ffn}}
-    return sublayers, {**norm_kwargs, "alpha_init": final}
+    def position_kwargs(self) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+        """(the arguments of each sublayer's norms, of the norms outside the blocks):
+        `norm_kwargs` updated by `norm_kwargs_by_position`."""
+        by_position = self.norm_kwargs_by_position
+        unknown = sorted(set(by_position) - set(POSITIONS))
+        if unknown or not all(isinstance(v, Mapping) for v in by_position.values()):
+            raise ValueError(
+                f"{type(self).__name__}.norm_kwargs_by_position must map positions from "
+                f"{POSITIONS} to argument dicts, got {by_position!r}"
+            )
+        kwargs = {p: {**self.norm_kwargs, **by_position.get(p, {})} for p in POSITIONS}
+        return {s: kwargs[s] for s in SUBLAYERS}, kwargs["outside"]
 
 
 def apply_norm(norm: Norm | None, x: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -20,12 +20,7 @@ from torch import Tensor, nn
 
 from normlab.blocks import Block, resolve_layout
 from normlab.blocks.init import init_block, init_embedding, init_linear
-from normlab.models.common import (
-    StackConfig,
-    apply_norm,
-    count_params,
-    norm_kwargs_by_position,
-)
+from normlab.models.common import StackConfig, apply_norm, count_params
 from normlab.norms import make_norm
 
 IGNORE_INDEX = -100
@@ -74,16 +69,15 @@ class GPT(nn.Module):
         self.layout = resolve_layout(
             c.placement, c.depth, architecture="decoder", **c.placement_kwargs
         )
-        in_blocks, outside = norm_kwargs_by_position(c.norm_kwargs, c.dyt_alpha_init)
+        in_blocks, outside = c.position_kwargs()
         self.wte = nn.Embedding(c.vocab_size, c.dim)
         self.wpe = nn.Embedding(c.block_size, c.dim)
         self.embed_norm = make_norm(c.norm, c.dim, **outside) if self.layout.embed_norm else None
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(
             Block(
-                c.dim, c.heads, placement, norm=c.norm, norm_kwargs=c.norm_kwargs,
-                sublayer_norm_kwargs=in_blocks, mlp_ratio=c.mlp_ratio, causal=True, bias=c.bias,
-                dropout=c.dropout,
+                c.dim, c.heads, placement, norm=c.norm, sublayer_norm_kwargs=in_blocks,
+                mlp_ratio=c.mlp_ratio, causal=True, bias=c.bias, dropout=c.dropout,
             )
             for placement in self.layout.blocks
         )
@@ -128,8 +122,8 @@ class GPT(nn.Module):
     def init_weights(self) -> None:
         """Initialize the weights as the placement scheme's paper does (`Layout.init`).
 
-        * default (post, pre, peri, mix, lns, normformer, gpas, rezero, skipinit, none): every
-          Linear and embedding ~ N(0, 0.02), biases 0. LNS uses no scaled init on purpose
+        * default (every scheme whose `InitSpec` is the default): every Linear and embedding
+          ~ N(0, 0.02), biases 0. LNS uses no scaled init on purpose
           (its authors found it diminishes the effect); Mix-LN's N(0, √(2/5)) embedding init
           is not used, so schemes compare at equal embedding init.
         * rezero / skipinit: their gates α, g = 0, so every block is the identity at init.
@@ -140,9 +134,9 @@ class GPT(nn.Module):
         * tfixup (decoder-only adaptation, no published constants): Xavier init, then v_proj,
           out_proj, fc1, fc2 and the token embedding (drawn from N(0, D^{-1/2}) and scaled by √D
           in forward) × (9L)^{-1/4}; a tied LM head is scaled with it. No norm anywhere.
-        * norms keep their constructor init (γ = 1, β = 0; DyT's α₀ by position when
-          `dyt_alpha_init` is set). An untied LM head gets the base Linear init; the learnable
-          embedding gain, if any, starts at `embed_gain_init`.
+        * norms keep their constructor init (γ = 1, β = 0), with the arguments of
+          `norm_kwargs_by_position` (e.g. DyT's α₀ by position). An untied LM head gets the
+          base Linear init; the learnable embedding gain, if any, starts at `embed_gain_init`.
         """
         spec = self.layout.init
         if self.embed_gain is not None:

@@ -19,12 +19,7 @@ from torch import Tensor, nn
 
 from normlab.blocks import Block, resolve_layout
 from normlab.blocks.init import init_block, init_embedding, init_linear
-from normlab.models.common import (
-    StackConfig,
-    apply_norm,
-    count_params,
-    norm_kwargs_by_position,
-)
+from normlab.models.common import StackConfig, apply_norm, count_params
 from normlab.norms import make_norm
 
 
@@ -91,7 +86,7 @@ class ViT(nn.Module):
         self.layout = resolve_layout(
             c.placement, c.depth, architecture="encoder", **c.placement_kwargs
         )
-        in_blocks, outside = norm_kwargs_by_position(c.norm_kwargs, c.dyt_alpha_init)
+        in_blocks, outside = c.position_kwargs()
         dual = c.dual_patchnorm
         self.patch_norm_in = make_norm(c.norm, c.patch_dim, **outside) if dual else None
         self.patch_embed = nn.Linear(c.patch_dim, c.dim)
@@ -102,9 +97,8 @@ class ViT(nn.Module):
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(
             Block(
-                c.dim, c.heads, placement, norm=c.norm, norm_kwargs=c.norm_kwargs,
-                sublayer_norm_kwargs=in_blocks, mlp_ratio=c.mlp_ratio, causal=False,
-                dropout=c.dropout,
+                c.dim, c.heads, placement, norm=c.norm, sublayer_norm_kwargs=in_blocks,
+                mlp_ratio=c.mlp_ratio, causal=False, dropout=c.dropout,
             )
             for placement in self.layout.blocks
         )

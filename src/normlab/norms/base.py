@@ -25,6 +25,22 @@ Fold = Literal["op", "affine", "none"]
 
 
 @dataclass(frozen=True)
+class Squash:
+    """A bounded elementwise function of a scaled input: y = γ ⊙ fn(a·x) + β.
+
+    Declared by elementwise norms built on one (DyT: tanh), so that diagnostics can measure how
+    much of the input lands on its flat ends, where almost no gradient passes.
+
+    Attributes:
+        fn: the function ("tanh").
+        gain: the name of the scalar a among the norm's `NormInfo.scalars`.
+    """
+
+    fn: Literal["tanh"]
+    gain: str
+
+
+@dataclass(frozen=True)
 class NormInfo:
     """Facts about a normalization method that surgery, the bench and the tests read.
 
@@ -43,6 +59,9 @@ class NormInfo:
             exact gradient of its forward (e.g. PowerNorm, UN); such norms are tested against
             their specified backward instead of `gradcheck`.
         paper: short citation, "Title (Authors, Venue Year)".
+        scalars: names of the norm's learned 0-d tensors (parameters or properties) that
+            diagnostics record at every call (DyT: ("alpha",)); see `Norm.recorded_scalars`.
+        squash: the bounded function the norm applies elementwise (`Squash`), or None.
     """
 
     family: str
@@ -51,6 +70,15 @@ class NormInfo:
     paper: str
     has_running_stats: bool = False
     approx_backward: bool = False
+    scalars: tuple[str, ...] = ()
+    squash: Squash | None = None
+
+    def __post_init__(self) -> None:
+        if self.squash is not None and self.squash.gain not in self.scalars:
+            raise ValueError(
+                f"NormInfo.squash.gain {self.squash.gain!r} must be one of the declared "
+                f"scalars {self.scalars}"
+            )
 
     @property
     def foldable(self) -> bool:
@@ -116,6 +144,10 @@ class Norm(nn.Module):
     def _eval_affine(self) -> tuple[Tensor, Tensor]:
         """`eval_affine` of a fold == "op" norm, before detaching and moving."""
         raise NotImplementedError
+
+    def recorded_scalars(self) -> dict[str, float]:
+        """The current value of each scalar `info.scalars` declares, by name."""
+        return {name: float(getattr(self, name).detach()) for name in self.info.scalars}
 
     def register_stats(self, name: str, tensor: Tensor) -> None:
         """Register `tensor` as the running-statistics buffer `name`, in the statistics dtype.

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from normlab import kernels
 from normlab.norms import functional as F
-from normlab.norms.base import Norm, NormInfo, affine_params
+from normlab.norms.base import Norm, NormInfo, Squash, affine_params
 from normlab.norms.registry import register_norm
 
 
@@ -45,7 +45,9 @@ class DyT(Norm):
         dim: channels C.
         alpha_init: α₀ = 0.5, the default of the official code for vision and speech models.
             Language models need smaller, width-dependent values (the paper's LLaMA-7B runs use
-            0.8 before attention and 0.2 before the FFN and the final norm).
+            0.8 before attention and 0.2 before the FFN and the final norm: a model config's
+            `norm_kwargs_by_position={"attn": {"alpha_init": 0.8}, "mlp": {"alpha_init": 0.2},
+            "outside": {"alpha_init": 0.2}}`).
         affine: learn γ (ones) and β (zeros). α is learned either way, as in the official code.
         bias: learn β; False gives the official LLaMA variant y = γ ⊙ tanh(α·x).
         eps: accepted for the common norm constructor and unused: tanh needs no guard.
@@ -58,6 +60,7 @@ class DyT(Norm):
     info = NormInfo(
         family="elementwise", stats="none", fold="affine",
         paper="Transformers without Normalization (Zhu, Chen, He, LeCun, Liu, CVPR 2025)",
+        scalars=("alpha",), squash=Squash("tanh", gain="alpha"),
     )
 
     def __init__(

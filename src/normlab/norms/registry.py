@@ -1,7 +1,10 @@
-"""The norm registry: `register_norm`, `make_norm`, `list_norms`.
+"""The norm registry: `register_norm`, `make_norm`, `list_norms`, `NORMS`.
 
     @register_norm("rmsnorm")
     class RMSNorm(Norm): ...
+
+    with NORMS.temporary():                    # norms registered inside are gone afterwards
+        register_norm("mine")(MyNorm)
 
     make_norm("RMSNorm", 512, eps=1e-6)        # names are case-insensitive
     make_norm(RMSNorm, 512)                    # a class
@@ -12,29 +15,26 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from normlab.norms.base import Norm
+from normlab.registry import Registry
 
 N = TypeVar("N", bound=type[Norm])
 
-_REGISTRY: dict[str, type[Norm]] = {}
+NORMS: Registry[type[Norm]] = Registry("norm")
 
 
 def register_norm(name: str) -> Callable[[N], N]:
     """Class decorator: register a `Norm` subclass under `name` (stored lower-case)."""
-    key = name.lower()
 
     def decorator(cls: N) -> N:
         if not (isinstance(cls, type) and issubclass(cls, Norm)):
             raise TypeError(f"register_norm({name!r}) expects a Norm subclass, got {cls!r}")
         if not hasattr(cls, "info"):
             raise TypeError(f"{cls.__name__} must declare `info: NormInfo` to be registered")
-        if key in _REGISTRY and _REGISTRY[key] is not cls:
-            raise ValueError(f"a norm named {key!r} is already registered ({_REGISTRY[key]})")
-        cls.name = key
-        _REGISTRY[key] = cls
+        cls.name = NORMS.add(name, cls)
         return cls
 
     return decorator
@@ -42,17 +42,12 @@ def register_norm(name: str) -> Callable[[N], N]:
 
 def list_norms() -> list[str]:
     """Names of every registered norm, sorted."""
-    return sorted(_REGISTRY)
+    return sorted(NORMS)
 
 
 def get_norm_class(name: str) -> type[Norm]:
     """The class registered under `name` (case-insensitive); ValueError lists the known names."""
-    try:
-        return _REGISTRY[name.lower()]
-    except KeyError:
-        raise ValueError(
-            f"unknown norm {name!r}; known norms: {', '.join(list_norms())}"
-        ) from None
+    return NORMS.lookup(name)
 
 
 def make_norm(spec: str | type[Norm] | functools.partial, dim: int, **kwargs: Any) -> Norm:
@@ -73,11 +68,13 @@ def make_norm(spec: str | type[Norm] | functools.partial, dim: int, **kwargs: An
             f"make_norm: spec must be a norm name, a Norm subclass or a functools.partial, "
             f"got {spec!r}"
         )
-    _check_kwargs(cls, kwargs)
+    check_norm_kwargs(cls, kwargs)
     return factory(dim, **kwargs)
 
 
-def _check_kwargs(cls: Any, kwargs: dict[str, Any]) -> None:
+def check_norm_kwargs(cls: type[Norm], kwargs: Mapping[str, Any]) -> None:
+    """TypeError listing the accepted arguments if `cls.__init__` does not take all of `kwargs`
+    (a constructor with **kwargs takes anything)."""
     params = inspect.signature(cls.__init__).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return

@@ -1,18 +1,22 @@
 """What an adapter states about a model: where its norms sit, who reads them, who writes the stream.
 
 Surgery never guesses an architecture from its module names. An adapter, one file per
-architecture, returns a `Layout`: every norm site with the Linear(s) that read its output, every
-module or parameter that writes the residual stream, the weights that are tied, and whether the
-model is a Pre-LN model that the exact Pre-RMSNorm conversion applies to (and if not, why).
+architecture, claims the models it knows (`Adapter.claims`) and returns a `Layout`: every norm
+site with the Linear(s) that read its output, every module or parameter that writes the
+residual stream, the weights that are tied, and whether the model is a Pre-LN model that the
+exact Pre-RMSNorm conversion applies to (and if not, why). `register_adapter` adds one to
+`ADAPTERS`, which `find_adapter` searches.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+
+from normlab.registry import Registry
 
 # How a port's weight is laid out; "in"/"out" are the features the norm/stream side touches.
 #   linear:    nn.Linear, weight (out, in), y = x Wᵀ + b
@@ -73,9 +77,18 @@ class Layout:
 
 
 class Adapter:
-    """Base class of the per-architecture adapters."""
+    """Base class of the per-architecture adapters; `name` is its key in `ADAPTERS`."""
 
-    name: ClassVar[str]
+    name: str
+
+    def label(self) -> str:
+        """The architecture, for the list of supported ones."""
+        raise NotImplementedError
+
+    def claims(self, model: nn.Module) -> bool:
+        """Whether this adapter describes `model` (the architectures of two adapters never
+        overlap)."""
+        raise NotImplementedError
 
     def layout(self, model: nn.Module) -> Layout:
         raise NotImplementedError
@@ -92,6 +105,11 @@ class Adapter:
         """Record in the model's own config that the head is no longer tied (HF models)."""
 
 
+def linears(*paths: str) -> tuple[Port, ...]:
+    """`Port(path, "linear")` for each path."""
+    return tuple(Port(path, "linear") for path in paths)
+
+
 def tie(model: nn.Module, head: str | None, embedding: str) -> tuple[tuple[str, str], ...]:
     """`Layout.ties` for a head module path and an embedding module path: the pair of weight
     paths when the head shares the embedding's tensor now, else ()."""
@@ -99,3 +117,12 @@ def tie(model: nn.Module, head: str | None, embedding: str) -> tuple[tuple[str, 
         return ()
     shared = model.get_submodule(head).weight is model.get_submodule(embedding).weight
     return ((f"{head}.weight", f"{embedding}.weight"),) if shared else ()
+
+
+ADAPTERS: Registry[Adapter] = Registry("surgery adapter")
+
+
+def register_adapter(adapter: Adapter) -> Adapter:
+    """Add `adapter` to `ADAPTERS` under `adapter.name` and return it."""
+    ADAPTERS.add(adapter.name, adapter)
+    return adapter

@@ -8,12 +8,8 @@ Nothing folds and the Pre-RMSNorm conversion does not apply; swap_norms works.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-from torch import nn
-
-from normlab.surgery.adapters.base import Layout, NormSite
-from normlab.surgery.adapters.hf import HFAdapter
+from normlab.surgery.adapters.base import NormSite, register_adapter
+from normlab.surgery.adapters.hf import HFAdapter, HFSpec
 
 POST_LN = (
     "bert is a Post-LN model: each LayerNorm output is the residual stream itself (it is added "
@@ -21,23 +17,20 @@ POST_LN = (
     "zero-mean invariant; the exact Pre-RMSNorm conversion applies to Pre-LN models only. "
     "Use swap_norms(..., approximate=True) to try another norm"
 )
+WHY = "Post-LN: the LayerNorm output is the residual stream"
 
-
-class BertAdapter(HFAdapter):
-    name = "bert"
-    # model class -> prefix of the BertModel
-    classes: ClassVar[dict[str, str]] = {
-        "BertModel": "", "BertForMaskedLM": "bert.", "BertForSequenceClassification": "bert."
-    }
-
-    def layout(self, model: nn.Module) -> Layout:
-        cls, base = self.model_class(model)
-        why = "Post-LN: the LayerNorm output is the residual stream"
-        sites = [NormSite(f"{base}embeddings.LayerNorm", "post", why=why)]
-        for i in range(model.config.num_hidden_layers):
-            layer = f"{base}encoder.layer.{i}."
-            sites += [
-                NormSite(layer + "attention.output.LayerNorm", "post", why=why),
-                NormSite(layer + "output.LayerNorm", "post", why=why),
-            ]
-        return Layout(arch=f"bert ({cls})", norms=tuple(sites), convert_refusal=POST_LN)
+register_adapter(HFAdapter(HFSpec(
+    model_type="bert",
+    classes={
+        "BertModel": ("", None), "BertForMaskedLM": ("bert.", None),
+        "BertForSequenceClassification": ("bert.", None),
+    },
+    layers="encoder.layer",
+    num_layers="num_hidden_layers",
+    norms=(
+        NormSite("attention.output.LayerNorm", "post", why=WHY),
+        NormSite("output.LayerNorm", "post", why=WHY),
+    ),
+    embedding_norms=(NormSite("embeddings.LayerNorm", "post", why=WHY),),
+    convert_refusal=POST_LN,
+)))

@@ -7,41 +7,26 @@ token_type_ids), every attn.c_proj and every mlp.c_proj.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from normlab.surgery.adapters.base import NormSite, Port, register_adapter
+from normlab.surgery.adapters.hf import HFAdapter, HFSpec
 
-from torch import nn
-
-from normlab.surgery.adapters.base import Layout, NormSite, Port, tie
-from normlab.surgery.adapters.hf import BaseAndHead, HFAdapter
-
-
-class GPT2Adapter(HFAdapter):
-    name = "gpt2"
-    classes: ClassVar[dict[str, BaseAndHead]] = {
-        "GPT2Model": ("", None), "GPT2LMHeadModel": ("transformer.", "lm_head")
-    }
-    positions = "n_positions"
-    kv_cache = True
-
-    def layout(self, model: nn.Module) -> Layout:
-        cls, (base, head) = self.model_class(model)
-        config = model.config
-        sites: list[NormSite] = []
-        writers = [Port(f"{base}wte", "embedding"), Port(f"{base}wpe", "embedding")]
-        for i in range(config.n_layer):
-            h = f"{base}h.{i}."
-            sites.append(NormSite(h + "ln_1", "pre", (Port(h + "attn.c_attn", "conv1d"),)))
-            sites.append(NormSite(h + "ln_2", "pre", (Port(h + "mlp.c_fc", "conv1d"),)))
-            writers += [Port(h + "attn.c_proj", "conv1d"), Port(h + "mlp.c_proj", "conv1d")]
-        readers = (Port(head, "linear"),) if head else ()
-        sites.append(NormSite(f"{base}ln_f", "final", readers))
-        refusal = None
-        if config.add_cross_attention:
-            refusal = (
-                "gpt2 with cross-attention: ln_cross_attn and the encoder states are not covered "
-                "by the exact conversion"
-            )
-        return Layout(
-            arch=f"gpt2 ({cls})", norms=tuple(sites), writers=tuple(writers),
-            ties=tie(model, head, f"{base}wte"), convert_refusal=refusal,
-        )
+register_adapter(HFAdapter(HFSpec(
+    model_type="gpt2",
+    classes={"GPT2Model": ("", None), "GPT2LMHeadModel": ("transformer.", "lm_head")},
+    layers="h",
+    num_layers="n_layer",
+    norms=(
+        NormSite("ln_1", "pre", (Port("attn.c_attn", "conv1d"),)),
+        NormSite("ln_2", "pre", (Port("mlp.c_fc", "conv1d"),)),
+    ),
+    writers=(Port("attn.c_proj", "conv1d"), Port("mlp.c_proj", "conv1d")),
+    embeddings=(Port("wte", "embedding"), Port("wpe", "embedding")),
+    final_norm="ln_f",
+    tied="wte",
+    refuse_when={
+        "add_cross_attention": "gpt2 with cross-attention: ln_cross_attn and the encoder "
+        "states are not covered by the exact conversion",
+    },
+    positions="n_positions",
+    kv_cache=True,
+)))

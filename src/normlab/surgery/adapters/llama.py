@@ -7,12 +7,8 @@ then the final `norm` and `lm_head` (tied to embed_tokens only when the config s
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-from torch import nn
-
-from normlab.surgery.adapters.base import Layout, NormSite, Port, tie
-from normlab.surgery.adapters.hf import BaseAndHead, HFAdapter
+from normlab.surgery.adapters.base import NormSite, Port, linears, register_adapter
+from normlab.surgery.adapters.hf import HFAdapter, HFSpec
 
 ALREADY_RMS = (
     "llama already normalizes with RMSNorm: there is no mean subtraction to remove, so "
@@ -22,29 +18,20 @@ ALREADY_RMS = (
     "Linears that read them"
 )
 
-
-class LlamaAdapter(HFAdapter):
-    name = "llama"
-    classes: ClassVar[dict[str, BaseAndHead]] = {
-        "LlamaModel": ("", None), "LlamaForCausalLM": ("model.", "lm_head")
-    }
-    kv_cache = True
-
-    def layout(self, model: nn.Module) -> Layout:
-        cls, (base, head) = self.model_class(model)
-        sites: list[NormSite] = []
-        writers = [Port(f"{base}embed_tokens", "embedding")]
-        for i in range(model.config.num_hidden_layers):
-            h = f"{base}layers.{i}."
-            qkv = tuple(Port(f"{h}self_attn.{p}_proj", "linear") for p in "qkv")
-            mlp = (Port(f"{h}mlp.gate_proj", "linear"), Port(f"{h}mlp.up_proj", "linear"))
-            sites += [
-                NormSite(h + "input_layernorm", "pre", qkv),
-                NormSite(h + "post_attention_layernorm", "pre", mlp),
-            ]
-            writers += [Port(h + "self_attn.o_proj", "linear"), Port(h + "mlp.down_proj", "linear")]
-        sites.append(NormSite(f"{base}norm", "final", (Port(head, "linear"),) if head else ()))
-        return Layout(
-            arch=f"llama ({cls})", norms=tuple(sites), writers=tuple(writers),
-            ties=tie(model, head, f"{base}embed_tokens"), convert_refusal=ALREADY_RMS,
-        )
+register_adapter(HFAdapter(HFSpec(
+    model_type="llama",
+    classes={"LlamaModel": ("", None), "LlamaForCausalLM": ("model.", "lm_head")},
+    layers="layers",
+    num_layers="num_hidden_layers",
+    norms=(
+        NormSite("input_layernorm", "pre",
+                 linears("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+        NormSite("post_attention_layernorm", "pre", linears("mlp.gate_proj", "mlp.up_proj")),
+    ),
+    writers=linears("self_attn.o_proj", "mlp.down_proj"),
+    embeddings=(Port("embed_tokens", "embedding"),),
+    final_norm="norm",
+    tied="embed_tokens",
+    convert_refusal=ALREADY_RMS,
+    kv_cache=True,
+)))

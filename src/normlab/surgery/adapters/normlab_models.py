@@ -19,7 +19,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from normlab.surgery.adapters.base import Adapter, Layout, NormSite, Port, tie
+from normlab.surgery.adapters.base import (
+    Adapter,
+    Layout,
+    NormSite,
+    Port,
+    linears,
+    register_adapter,
+    tie,
+)
 
 _STREAM = "its output is added to or is the residual stream"
 
@@ -29,7 +37,7 @@ def _block_sites(prefix: str, block: nn.Module) -> tuple[list[NormSite], list[Po
     p = block.placement
 
     def lin(*names: str) -> tuple[Port, ...]:
-        return tuple(Port(prefix + n, "linear") for n in names)
+        return linears(*(prefix + n for n in names))
 
     readers = {"attn": lin("attn.q_proj", "attn.k_proj", "attn.v_proj"), "mlp": lin("mlp.fc1")}
     sites = []
@@ -49,6 +57,14 @@ def _block_sites(prefix: str, block: nn.Module) -> tuple[list[NormSite], list[Po
 
 class NormlabAdapter(Adapter):
     name = "normlab"
+    classes = ("GPT", "ViT")
+
+    def label(self) -> str:
+        return " and ".join(f"normlab {c}" for c in self.classes)
+
+    def claims(self, model: nn.Module) -> bool:
+        cls = type(model)
+        return cls.__module__.startswith("normlab.models") and cls.__name__ in self.classes
 
     def layout(self, model: nn.Module) -> Layout:
         is_gpt = type(model).__name__ == "GPT"
@@ -102,3 +118,6 @@ class NormlabAdapter(Adapter):
 
     def untie(self, model: nn.Module) -> None:
         model.config.tie_embeddings = False
+
+
+register_adapter(NormlabAdapter())
