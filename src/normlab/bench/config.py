@@ -252,7 +252,7 @@ def set_field(cfg: RunConfig, dotted: str, value: Any) -> None:
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Check the cross-field rules that types alone cannot express."""
-    import normlab
+    from normlab.norms import list_norms
 
     positive = {
         "model.depth": cfg.model.depth, "model.dim": cfg.model.dim, "model.heads": cfg.model.heads,
@@ -286,9 +286,9 @@ def validate(cfg: RunConfig) -> RunConfig:
                          f"got {cfg.train.diagnose_every}")
     if cfg.train.keep_checkpoints < 1:
         raise ValueError("train.keep_checkpoints must be at least 1")
-    if cfg.norm.name.lower() not in normlab.list_norms():
+    if cfg.norm.name.lower() not in list_norms():
         raise ValueError(f"norm.name: unknown norm {cfg.norm.name!r}; "
-                         f"known: {', '.join(normlab.list_norms())}")
+                         f"known: {', '.join(list_norms())}")
     image = cfg.model.kind == "vit"
     if image != (cfg.data.source == "digits"):
         raise ValueError("model.kind 'vit' goes with data.source 'digits' and 'gpt' with a text "
