@@ -5,10 +5,10 @@
     block = normlab.make_block(512, 8, scheme="lns", norm="rmsnorm", layer_index=3, depth=12)
     model = normlab.GPT(normlab.GPTConfig(norm="dyt", placement="peri"))
 
-Subpackages: `normlab.norms` (the zoo), `normlab.weights` (weight-side normalizations),
-`normlab.blocks` (placements), `normlab.models` (GPT, ViT), `normlab.kernels` (fused ops),
-`normlab.surgery` (swap / convert / fold), `normlab.diagnostics` (layer-by-layer metrics),
-`normlab.bench` (training harness and reports).
+Subpackages: `normlab.functional` (the pure maths), `normlab.norms` (the zoo),
+`normlab.weights` (weight-side normalizations), `normlab.blocks` (placements), `normlab.models`
+(GPT, ViT), `normlab.kernels` (fused ops), `normlab.surgery` (swap / convert / fold),
+`normlab.diagnostics` (layer-by-layer metrics), `normlab.bench` (training harness and reports).
 """
 
 from normlab.blocks import (
@@ -21,8 +21,7 @@ from normlab.blocks import (
 )
 from normlab.models import GPT, GPTConfig, ViT, ViTConfig
 from normlab.norms import Norm, NormInfo, get_norm_class, list_norms, make_norm, register_norm
-
-__version__ = "0.1.0"
+from normlab.version import __version__
 
 __all__ = [
     "GPT",

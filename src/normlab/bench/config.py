@@ -3,24 +3,19 @@
     cfg = from_dict(RunConfig, {"optim": {"lr": 3e-3}})
     set_field(cfg, "train.steps", 50)
 
-Unknown keys and values of the wrong type raise `ValueError` naming the field; `validate`
-checks the bench's own cross-field rules. Presets, sweeps and the model's checks:
-`normlab.bench.presets`.
+Unknown keys and values of the wrong type raise `ValueError` naming the field (the typed
+parsing is `normlab.configs`); `validate` checks the bench's own cross-field rules. Presets,
+sweeps and the model's checks: `normlab.bench.presets`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import yaml
-
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+from normlab import configs
 
 
 @dataclass
@@ -162,87 +157,11 @@ class RunConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-def _check_value(name: str, hint: Any, value: Any) -> Any:
-    """Return `value` converted to the type `hint`, or raise ValueError naming `name`."""
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        if value not in typing.get_args(hint):
-            raise ValueError(f"{name}: {value!r} is not one of {list(typing.get_args(hint))}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _check_value(name, option, value)
-            except ValueError as error:
-                errors.append(str(error))
-        raise ValueError(errors[0] if len(errors) == 1 else f"{name}: {value!r} fits no option")
-    if origin is dict:
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise ValueError(f"{name}: expected a mapping with string keys, got {value!r}")
-        return dict(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{name}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-            value = float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{name}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{name}: expected a string, got {value!r}")
-        return value
-    raise AssertionError(f"unhandled type {hint} for {name}")
-
-
-def _field_hint(cls: type, key: str, prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    if key not in hints:
-        known = ", ".join(f.name for f in dataclasses.fields(cls))
-        raise ValueError(f"unknown config key {prefix + key!r}; known keys here: {known}")
-    return hints[key]
-
-
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build the dataclass `cls` from nested dicts, type-checking every leaf."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
-    kwargs = {}
-    for key, value in data.items():
-        hint = _field_hint(cls, key, prefix)
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = from_dict(hint, value, f"{prefix}{key}.")
-        else:
-            kwargs[key] = _check_value(prefix + key, hint, value)
-    return validate(cls(**kwargs)) if cls is RunConfig else cls(**kwargs)
-
-
-def set_field(cfg: RunConfig, dotted: str, value: Any) -> None:
-    """Set `cfg.<dotted>` to `value` after checking it against the field's type."""
-    *parents, leaf = dotted.split(".")
-    target: Any = cfg
-    prefix = ""
-    for part in parents:
-        hint = _field_hint(type(target), part, prefix)
-        if not dataclasses.is_dataclass(hint):
-            raise ValueError(f"unknown config key {dotted!r}: {prefix + part!r} is not a section")
-        target, prefix = getattr(target, part), f"{prefix}{part}."
-    hint = _field_hint(type(target), leaf, prefix)
-    if dataclasses.is_dataclass(hint):
-        raise ValueError(f"{dotted!r} is a section; set one of its fields, e.g. {dotted}.<field>")
-    setattr(target, leaf, _check_value(dotted, hint, value))
+    """Build the dataclass `cls` from nested dicts, type-checking every leaf (see
+    `normlab.configs`); a `RunConfig` is also checked by `validate`."""
+    cfg = configs.from_dict(cls, data, prefix)
+    return validate(cfg) if cls is RunConfig else cfg
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -287,15 +206,3 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.data.source == "hf" and not cfg.data.hf_name:
         raise ValueError("data.source 'hf' needs data.hf_name (a HuggingFace datasets name)")
     return cfg
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """Split `a.b=value`; the value is read as YAML (numbers, true/false, null, [lists], {maps})."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ValueError(f"override {text!r} must look like section.field=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as error:
-        raise ValueError(f"override {text!r}: cannot read the value ({error})") from None
-    return key.strip(), value

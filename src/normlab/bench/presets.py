@@ -24,8 +24,9 @@ from typing import Any
 
 import yaml
 
-from normlab.bench.config import RunConfig, from_dict, parse_override, set_field, validate
+from normlab.bench.config import RunConfig, from_dict, validate
 from normlab.bench.model import model_config
+from normlab.configs import parse_override, set_field
 
 
 def check(cfg: RunConfig) -> RunConfig:

@@ -25,13 +25,8 @@ from torch import nn
 
 from normlab.diagnostics import plots, schema
 from normlab.diagnostics.run import diagnose
-from normlab.diagnostics.sources import (
-    build_gpt,
-    hf_batches,
-    load_hf,
-    parse_settings,
-    token_batches,
-)
+from normlab.diagnostics.sources import build_gpt, hf_batches, parse_settings, token_batches
+from normlab.surgery.io import load_hf
 
 
 def int_at_least(minimum: int):

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from normlab.norms.functional import real_tokens
+from normlab.functional import real_tokens
 
 
 def _rows(x: Tensor, mask: Tensor | None = None) -> Tensor:

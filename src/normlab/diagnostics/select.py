@@ -1,45 +1,27 @@
 """Which submodules of a network are its blocks and its norms.
 
-A selector is one of
-    None                               auto-detection (below);
-    "transformer.h.*"                  a glob on qualified module names (fnmatch);
-    ["encoder.layer.*", "pooler"]      several globs (a name matching any is selected);
-    lambda name, module: ...           a predicate.
-Only the outermost match counts: "transformer.h.*" selects "transformer.h.0", not also
-"transformer.h.0.attn" inside it.
+A selector is one of `normlab.selection` (a type, a glob on qualified module names, a list of
+globs, a predicate (name, module) -> bool) or None for auto-detection (below). Only the
+outermost match counts, and never the root: "transformer.h.*" selects "transformer.h.0", not
+also "transformer.h.0.attn" inside it.
 
 Auto-detection:
     blocks: the entries of the first `nn.ModuleList` longer than one (in `named_modules`
         order): `transformer.h` (GPT-2), `model.layers` (Llama), `encoder.layer` (BERT),
         `blocks` (normlab's GPT).
-    norms: instances of `normlab.norms.Norm`, `torch.nn.LayerNorm`, `torch.nn.RMSNorm`, and any
-        class whose name ends in "LayerNorm" or "RMSNorm" (HuggingFace's `LlamaRMSNorm`, ...),
-        matched by name so that `transformers` is never imported here.
+    norms: every module `normlab.selection.is_norm` accepts: normlab norms, torch's
+        normalization layers, and other libraries' norms recognised by class name (HuggingFace's
+        `LlamaRMSNorm`, ...), so that `transformers` is never imported here.
 """
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Callable, Sequence
-
 from torch import nn
 
 from normlab.norms.base import Norm
+from normlab.selection import NORM_CLASS_SUFFIXES, Named, Where, find_modules, is_norm
 
-Predicate = Callable[[str, nn.Module], bool]
-Selector = str | Sequence[str] | Predicate | None
-Named = list[tuple[str, nn.Module]]
-
-NORM_CLASS_SUFFIXES = ("LayerNorm", "RMSNorm")
-
-
-def is_norm(name: str, module: nn.Module) -> bool:
-    """The default norm predicate (see the module docstring)."""
-    if isinstance(module, Norm | nn.LayerNorm):
-        return True
-    if hasattr(nn, "RMSNorm") and isinstance(module, nn.RMSNorm):
-        return True
-    return type(module).__name__.endswith(NORM_CLASS_SUFFIXES)
+Selector = Where
 
 
 def default_blocks(model: nn.Module) -> Named:
@@ -51,33 +33,10 @@ def default_blocks(model: nn.Module) -> Named:
     return []
 
 
-def _predicate(selector: str | Sequence[str] | Predicate) -> Predicate:
-    if callable(selector):
-        return selector
-    patterns = [selector] if isinstance(selector, str) else selector
-    if (not isinstance(patterns, Sequence) or not patterns
-            or not all(isinstance(p, str) for p in patterns)):
-        raise TypeError(
-            "a module selector must be a glob string, a non-empty list of globs or a "
-            f"callable (name, module) -> bool; got {selector!r}"
-        )
-    return lambda name, _module: any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def outermost(model: nn.Module, predicate: Predicate) -> Named:
-    """Modules (not the root) accepted by `predicate`, leaving out those inside another match."""
-    found: Named = []
-    for name, module in model.named_modules():
-        if not name or any(name.startswith(f"{outer}.") for outer, _ in found):
-            continue
-        if predicate(name, module):
-            found.append((name, module))
-    return found
-
-
 def select_blocks(model: nn.Module, selector: Selector = None) -> Named:
     """The blocks of `model`; ValueError naming the fix when there are none."""
-    blocks = default_blocks(model) if selector is None else outermost(model, _predicate(selector))
+    blocks = (default_blocks(model) if selector is None
+              else find_modules(model, selector, root=False, nested=False))
     if not blocks:
         how = ("found no nn.ModuleList with more than one entry" if selector is None
                else f"the selector {selector!r} matched no module")
@@ -90,7 +49,8 @@ def select_blocks(model: nn.Module, selector: Selector = None) -> Named:
 
 def select_norms(model: nn.Module, selector: Selector = None) -> Named:
     """The norms of `model` (possibly none: a network may have no normalization at all)."""
-    return outermost(model, is_norm if selector is None else _predicate(selector))
+    where = (lambda name, module: is_norm(module)) if selector is None else selector
+    return find_modules(model, where, root=False, nested=False)
 
 
 def block_of(name: str, blocks: Named) -> int | None:

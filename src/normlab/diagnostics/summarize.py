@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-import normlab
 from normlab.diagnostics import metrics, schema
 from normlab.diagnostics.recorder import BatchMoments, Capture, NormEntry, Recording
+from normlab.version import __version__
 
 DEFAULT_EPS = 1e-5  # for norms that declare no eps (scale of a running variance)
 
@@ -183,7 +183,7 @@ def summarize(
     return schema.check({
         "schema": schema.SCHEMA,
         "version": schema.VERSION,
-        "normlab_version": normlab.__version__,
+        "normlab_version": __version__,
         "model": {"class": recording.model_class, "parameters": recording.parameters},
         "meta": dict(meta or {}),
         "steps": recording.steps,

@@ -9,7 +9,7 @@
 Backends: "torch" (fused ATen ops with hand-derived backwards, any device, no compile step),
 "cpp" (fused C++ CPU kernels compiled when normlab is installed, see `normlab.kernels.cpu`),
 "triton" (CUDA), both as custom ops that torch.compile can trace, "reference"
-(`normlab.norms.functional` under autograd) and "auto". Importing this package never imports
+(`normlab.functional` under autograd) and "auto". Importing this package never imports
 Triton. Measurements and the command that made them: docs/kernels.md.
 """
 

@@ -8,7 +8,7 @@
 
 `x` has any leading shape (..., D); float16/bfloat16/float32/float64 (float64 never goes to
 Triton); `weight`/`bias` are optional (D,) tensors. Every op is differentiable in every input.
-The numerics are those of `normlab.norms.functional`: statistics in float32 for half inputs,
+The numerics are those of `normlab.functional`: statistics in float32 for half inputs,
 the output in the input dtype. The residual ops return the new residual h = x + residual
 (rounded to the input dtype) and normalize that rounded h, as a pre-norm block needs.
 See `normlab.kernels.backend` for how the backend is chosen. "cpp" and "triton" run the
@@ -160,7 +160,7 @@ def rms_norm(
     """RMSNorm y = x / sqrt(mean(x²) + eps) · weight (+ bias) over the last axis.
 
     eps sits inside the root, as LLaMA and `torch.nn.RMSNorm` (Zhang & Sennrich, "Root Mean
-    Square Layer Normalization", NeurIPS 2019, put it outside: use `normlab.norms.functional`
+    Square Layer Normalization", NeurIPS 2019, put it outside: use `normlab.functional`
     with `eps_outside=True` for that variant).
     """
     return _norm("rms_norm", "rms_norm", x, weight, bias, eps, backend)

@@ -1,4 +1,4 @@
-"""The "reference" backend: `normlab.norms.functional` under eager autograd.
+"""The "reference" backend: `normlab.functional` under eager autograd.
 
 Slow but obviously right: every other backend is tested against it. The residual variants add
 in the input dtype first, so every backend normalizes the same (rounded) new residual.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from normlab.norms import functional as F
+from normlab import functional as F
 
 
 def rms_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:

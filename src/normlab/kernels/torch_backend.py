@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from normlab.norms.functional import upcast
+from normlab.functional import upcast
 
 aten = torch.ops.aten
 

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from normlab.norms.functional import compute_dtype
+from normlab.functional import compute_dtype
 
 Stats = Literal["token", "batch", "none"]
 Fold = Literal["op", "affine", "none"]

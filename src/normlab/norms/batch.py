@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from normlab.norms import functional as F
+from normlab import functional as F
 from normlab.norms.base import Norm, NormInfo, affine_params
 from normlab.norms.registry import register_norm
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from normlab.norms import functional as F
+from normlab import functional as F
 from normlab.norms.base import Norm, NormInfo, affine_params
 from normlab.norms.batch import batch_norm, init_running_moments
 from normlab.norms.registry import register_norm

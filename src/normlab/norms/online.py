@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from normlab.norms import functional as F
+from normlab import functional as F
 from normlab.norms.base import Norm, NormInfo, affine_params, hold_state
 from normlab.norms.registry import register_norm
 

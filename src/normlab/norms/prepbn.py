@@ -8,7 +8,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from normlab.norms import functional as F
+from normlab import functional as F
 from normlab.norms.base import Norm
 from normlab.norms.batch import RepBN
 from normlab.norms.registry import make_norm, register_norm

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from normlab import functional as F
 from normlab import kernels
-from normlab.norms import functional as F
 from normlab.norms.base import Norm, NormInfo, affine_params
 from normlab.norms.registry import register_norm
 

@@ -74,7 +74,8 @@ def fold_norms(
 
     Args:
         model: a model with an adapter (HuggingFace gpt2/llama/vit, normlab GPT/ViT).
-        where: a type, a name glob or a predicate (name, module) -> bool; None = every norm.
+        where: a selector (`normlab.selection`: a type, a name glob, a list of globs or a
+            predicate (name, module) -> bool); None = every norm.
         probe: inputs for the error measurement; None = random inputs from the adapter.
 
     Raises ValueError, before changing anything, when a selected norm feeds the residual stream

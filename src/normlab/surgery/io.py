@@ -10,12 +10,15 @@ rebuild it. `save_converted` writes three files:
 
 and `load_converted(dir)` builds the model class from the config, puts the recorded modules
 back (`translate.build_module`), gives every parameter the shape stored in the safetensors
-file, and loads the tensors strictly.
+file, and loads the tensors strictly. `load_source` and `load_hf` load unconverted
+`save_pretrained` folders, for surgery and for the diagnostics. `transformers` is imported
+inside these loaders only, so importing normlab never needs it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +35,16 @@ from normlab.surgery.translate import Folded, build_module
 MANIFEST = "normlab_surgery.json"
 WEIGHTS = "model.safetensors"
 FORMAT = "normlab-surgery/1"
+CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
 def _transformers():
-    import transformers
-
+    """The `transformers` package, or ValueError naming the extra that installs it."""
+    try:
+        import transformers
+    except ImportError:
+        raise ValueError("loading a HuggingFace model needs the `transformers` package (the hf "
+                         "extra: pip install 'normlab[hf]')") from None
     return transformers
 
 
@@ -48,6 +56,27 @@ def load_source(path: str | Path) -> nn.Module:
     cls = getattr(transformers, archs[0], None) if archs else None
     model = (cls or transformers.AutoModel).from_pretrained(path)
     return model.eval()
+
+
+def load_hf(path: str | Path) -> tuple[nn.Module, bool]:
+    """A HuggingFace model from a `save_pretrained` folder, offline (HF_HUB_OFFLINE=1, local
+    files only), and whether it is a causal LM.
+
+    Causal LMs (config `architectures` ending in ForCausalLM / LMHeadModel) load with
+    `AutoModelForCausalLM`, so the diagnostics see their own next-token loss; anything else
+    loads with `AutoModel` (a bare encoder such as BERT or MiniLM).
+    """
+    folder = Path(path)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{folder} is not a HuggingFace model folder (no config.json); give "
+                         "the directory written by model.save_pretrained(...)")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers = _transformers()
+    architectures = json.loads(config_file.read_text()).get("architectures") or []
+    causal = any(a.endswith(CAUSAL_SUFFIXES) for a in architectures)
+    auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
+    return auto.from_pretrained(folder, local_files_only=True), causal
 
 
 def save_converted(model: nn.Module, out_dir: str | Path, *reports: Report) -> Path:

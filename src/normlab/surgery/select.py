@@ -1,49 +1,31 @@
-"""Choosing norm sites: `where` is a module type, a name glob, or a predicate (name, module).
+"""Choosing norm sites: `where` is a selector of `normlab.selection`.
 
     where=nn.LayerNorm                 # every instance of the type
     where="*.ln_1"                     # fnmatch on the dotted module path
+    where=["*.ln_1", "*.ln_2"]         # any of several globs
     where=lambda name, m: "h.0." in name
     where=None                         # every norm the adapter knows (or, without one, every
-                                       # module that `read_norm` recognizes)
+                                       # norm, `is_norm`, that `read_norm` can read)
 """
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from torch import nn
 
+from normlab.selection import Where, find_modules, is_norm, matcher
 from normlab.surgery.translate import read_norm
 
-Where = type | str | Callable[[str, nn.Module], bool] | None
-
-
-def matcher(where: Where) -> Callable[[str, nn.Module], bool]:
-    if where is None:
-        return lambda name, module: True
-    if isinstance(where, type):
-        return lambda name, module: isinstance(module, where)
-    if isinstance(where, str):
-        return lambda name, module: fnmatch.fnmatchcase(name, where)
-    if callable(where):
-        return where
-    raise TypeError(
-        f"where must be a module type, a name glob or a predicate (name, module) -> bool, "
-        f"got {where!r}"
-    )
+__all__ = ["Where", "norm_modules", "select"]
 
 
 def norm_modules(model: nn.Module) -> list[str]:
-    """Paths of every module `read_norm` recognizes, outermost only (a norm inside a norm,
-    e.g. PRepBN's two halves, belongs to its parent)."""
-    found: list[str] = []
-    for name, module in model.named_modules():
-        if any(name.startswith(p + ".") for p in found):
-            continue
-        if read_norm(module) is not None:
-            found.append(name)
-    return found
+    """Paths of the norms of `model` that `read_norm` can read, outermost only (a norm inside a
+    norm, e.g. PRepBN's two halves, belongs to its parent)."""
+    readable = find_modules(model, lambda name, m: is_norm(m) and read_norm(m) is not None,
+                            root=True, nested=False)
+    return [name for name, _ in readable]
 
 
 def select(model: nn.Module, where: Where, candidates: Iterable[str], what: str) -> list[str]:

@@ -91,11 +91,11 @@ def swap_norms(
 
     Args:
         model: a model with an adapter (HuggingFace gpt2/llama/bert/vit, normlab GPT/ViT) or
-            any module (then `where` picks among the modules `read_norm` recognizes and the
+            any module (then `where` picks among the norms `read_norm` can read and the
             error is measured only when `probe` is given).
         to: registry name, Norm class or functools.partial of one.
-        where: a type, a name glob ("*.ln_1") or a predicate (name, module) -> bool;
-            None = every norm the adapter knows.
+        where: a selector (`normlab.selection`): a type, a name glob ("*.ln_1"), a list of
+            globs or a predicate (name, module) -> bool; None = every norm the adapter knows.
         approximate: allow swaps that change the function (e.g. LayerNorm → DyT, a dropped β).
             Without it such a swap raises ValueError naming why.
         probe: inputs for the error measurement (a tensor or forward keywords); None = random

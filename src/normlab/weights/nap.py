@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from normlab.norms.functional import compute_dtype
+from normlab.functional import compute_dtype
 from normlab.weights.select import Predicate, select_modules
 
 

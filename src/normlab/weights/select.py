@@ -1,12 +1,10 @@
-"""Choosing the modules a weight-side normalization applies to."""
+"""Choosing the modules a weight-side normalization applies to (`normlab.selection`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from torch import Tensor, nn
 
-Predicate = Callable[[str, nn.Module], bool]
+from normlab.selection import Predicate, find_modules
 
 LINEAR_AND_CONV: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -30,8 +28,8 @@ def select_modules(
         raise TypeError(f"{what}: expected an nn.Module, got {type(model).__name__}")
     chosen = [
         (qualified, module)
-        for qualified, module in model.named_modules()
-        if isinstance(module, types) and (predicate is None or predicate(qualified, module))
+        for qualified, module in find_modules(model, types, root=True, nested=True)
+        if predicate is None or predicate(qualified, module)
     ]
     if not chosen:
         kinds = ", ".join(t.__name__ for t in types)

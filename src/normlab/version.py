@@ -1,0 +1,4 @@
+"""normlab's version, in a module of its own so that any layer can read it without importing
+the package root (which imports the models)."""
+
+__version__ = "0.1.0"
