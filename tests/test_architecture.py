@@ -2,7 +2,8 @@
 
 The layers, bottom first; a module may import its own layer and the layers below it:
 
-    functional, configs, version    pure maths and plain Python, nothing of normlab
+    functional, configs, version,   pure maths and plain Python, nothing of normlab
+    registry
     kernels                         fused ops, checked against `normlab.functional`
     norms                           the zoo (calls the kernels)
     selection                       choosing modules of a network; the one `is_norm` rule
@@ -33,7 +34,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "normlab"
 ROOT = "normlab"
 
 LAYERS: list[set[str]] = [
-    {"functional", "configs", "version"},
+    {"functional", "configs", "version", "registry"},
     {"kernels"},
     {"norms"},
     {"selection"},
@@ -47,11 +48,6 @@ LAYERS: list[set[str]] = [
 ]
 RANK = {part: rank for rank, layer in enumerate(LAYERS) for part in layer}
 TALKS_TO_HUGGINGFACE = {"surgery", "hf"}
-
-# Temporary: the bench's plots and report import each other. Delete this set (and its test)
-# once they no longer do.
-KNOWN_BENCH_CYCLE = {("normlab.bench.plots", "normlab.bench.report")}
-
 
 def module_name(path: Path, src: Path = SRC) -> str:
     """`normlab.norms.rms` for src/normlab/norms/rms.py, `normlab.norms` for its __init__."""
@@ -137,13 +133,6 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def without_known_cycle(edges: dict[str, set[str]]) -> dict[str, set[str]]:
-    """`edges` less the imports between the two modules of each KNOWN_BENCH_CYCLE pair."""
-    pairs = {frozenset(pair) for pair in KNOWN_BENCH_CYCLE}
-    return {a: {b for b in targets if frozenset((a, b)) not in pairs} for a, targets in
-            edges.items()}
-
-
 GRAPH = graph(MODULES)
 
 
@@ -172,15 +161,8 @@ def test_only_the_huggingface_side_imports_transformers(module):
 
 
 def test_no_import_cycle():
-    cycle = find_cycle(without_known_cycle(GRAPH))
+    cycle = find_cycle(GRAPH)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
-
-
-def test_the_known_bench_cycle_is_still_there():
-    for a, b in KNOWN_BENCH_CYCLE:
-        assert b in GRAPH[a] and a in GRAPH[b], (
-            f"{a} and {b} no longer import each other: delete KNOWN_BENCH_CYCLE"
-        )
 
 
 # The checker itself, on made-up sources.
