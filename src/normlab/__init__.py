@@ -6,13 +6,13 @@
     model = normlab.GPT(normlab.GPTConfig(norm="dyt", placement="peri"))
 
 Subpackages: `normlab.norms` (the zoo), `normlab.weights` (weight-side normalizations),
-`normlab.blocks` (placements), `normlab.models` (GPT, ViT), `normlab.kernels` (fused ops),
+`normlab.blocks` (placements), `normlab.models` (GPT, Llama, ViT), `normlab.kernels` (fused ops),
 `normlab.surgery` (swap / convert / fold), `normlab.diagnostics` (layer-by-layer metrics),
 `normlab.bench` (training harness and reports).
 """
 
 from normlab.blocks import SCHEMES, Block, Placement, make_block, resolve_layout
-from normlab.models import GPT, GPTConfig, ViT, ViTConfig
+from normlab.models import GPT, GPTConfig, Llama, LlamaConfig, ViT, ViTConfig
 from normlab.norms import Norm, NormInfo, get_norm_class, list_norms, make_norm, register_norm
 
 __version__ = "0.1.0"
@@ -22,6 +22,8 @@ __all__ = [
     "SCHEMES",
     "Block",
     "GPTConfig",
+    "Llama",
+    "LlamaConfig",
     "Norm",
     "NormInfo",
     "Placement",

@@ -26,7 +26,7 @@ from normlab.blocks import (
 
 NAMES = (
     "post", "pre", "peri", "mix", "lns", "deepnorm", "normformer", "gpas", "rezero", "skipinit",
-    "tfixup", "none",
+    "tfixup", "none", "olmo2",
 )
 
 # The norm slots (attn, mlp) and model-level norms (final, embedding) each paper specifies, at
@@ -44,6 +44,7 @@ EXPECTED = {
     "skipinit": ((), (), False, False),
     "tfixup": ((), (), False, False),
     "none": ((), (), False, False),
+    "olmo2": (("branch_out",), ("branch_out",), True, False),
 }
 
 

@@ -4,6 +4,7 @@
     block = make_block(64, 4, scheme="mix", norm="rmsnorm", layer_index=0, depth=12)
 """
 
+from normlab.blocks.attention import QK_NORMS, GroupedAttention
 from normlab.blocks.block import MLP, Attention, Block, attention_mask, gpas, make_block
 from normlab.blocks.init import init_block, init_embedding, init_linear
 from normlab.blocks.placement import (
@@ -19,17 +20,23 @@ from normlab.blocks.placement import (
     resolve_placement,
     tfixup_constants,
 )
+from normlab.blocks.rotary import apply_rotary, rotary_cos_sin
+from normlab.blocks.swiglu import SwiGLU
 
 __all__ = [
     "MLP",
+    "QK_NORMS",
     "SCHEMES",
     "Attention",
     "Block",
     "Gate",
+    "GroupedAttention",
     "InitSpec",
     "Layout",
     "Placement",
     "Scheme",
+    "SwiGLU",
+    "apply_rotary",
     "attention_mask",
     "deepnorm_constants",
     "gpas",
@@ -40,5 +47,6 @@ __all__ = [
     "mix_boundary",
     "resolve_layout",
     "resolve_placement",
+    "rotary_cos_sin",
     "tfixup_constants",
 ]

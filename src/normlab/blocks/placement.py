@@ -338,6 +338,11 @@ def _none(depth: int, architecture: Architecture) -> Layout:
     return Layout("none", (BARE,) * depth, final_norm=False)
 
 
+def _olmo2(depth: int, architecture: Architecture) -> Layout:
+    block = Placement(attn=("branch_out",), mlp=("branch_out",))
+    return Layout("olmo2", (block,) * depth)
+
+
 SCHEMES: dict[str, Scheme] = {
     s.name: s
     for s in (
@@ -403,6 +408,10 @@ SCHEMES: dict[str, Scheme] = {
             _tfixup,
         ),
         Scheme("none", "y = x + F(x); no norms (control)", "(no normalization)", _none),
+        Scheme(
+            "olmo2", "y = x + N(F(x)) per sublayer (no norm on the branch input); final norm",
+            "2 OLMo 2 Furious (OLMo et al., 2024)", _olmo2,
+        ),
     )
 }
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normlab.blocks import Block, resolve_layout
@@ -26,9 +25,8 @@ from normlab.models.common import (
     count_params,
     norm_kwargs_by_position,
 )
+from normlab.models.lm import check_lm_inputs, lm_loss
 from normlab.norms import make_norm
-
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -105,7 +103,7 @@ class GPT(nn.Module):
         batch-statistics norm, of attention (as keys) and of the loss. Targets equal to -100
         are ignored as well.
         """
-        self._check_inputs(idx, targets, mask)
+        check_lm_inputs("GPT", idx, targets, mask, self.config.block_size)
         pos = torch.arange(idx.shape[1], device=idx.device)
         tokens = self.wte(idx) * self.embed_scale  # (B, T, D)
         if self.embed_gain is not None:
@@ -115,14 +113,7 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         logits = self.lm_head(apply_norm(self.final_norm, x, mask))  # (B, T, V)
-        if targets is None:
-            return logits, None
-        if mask is not None:
-            targets = targets.masked_fill(~mask, IGNORE_INDEX)
-        loss = F.cross_entropy(
-            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
-        )
-        return logits, loss
+        return logits, None if targets is None else lm_loss(logits, targets, mask)
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -157,19 +148,3 @@ class GPT(nn.Module):
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters counted once (a tied head is the embedding); `non_embedding` drops wpe."""
         return count_params(self, exclude=[self.wpe.weight] if non_embedding else [])
-
-    def _check_inputs(self, idx: Tensor, targets: Tensor | None, mask: Tensor | None) -> None:
-        if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
-            got = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, Tensor) else type(idx)
-            raise ValueError(f"GPT: idx must be an int64 tensor of shape (B, T), got {got}")
-        if idx.shape[1] > self.config.block_size:
-            raise ValueError(
-                f"GPT: sequence length {idx.shape[1]} exceeds block_size="
-                f"{self.config.block_size}; crop the input or raise GPTConfig.block_size"
-            )
-        for name, t, dtype in (("targets", targets, torch.long), ("mask", mask, torch.bool)):
-            if t is not None and (t.shape != idx.shape or t.dtype != dtype):
-                raise ValueError(
-                    f"GPT: {name} must be a {dtype} tensor of shape {tuple(idx.shape)} (as idx), "
-                    f"got {t.dtype} {tuple(t.shape)}"
-                )
