@@ -41,7 +41,8 @@ def normlab_model(model_type: str, tied: bool, kv_heads: int | None, seed: int =
 
 
 def tokens(b=2, t=20, seed=1):
-    return torch.randint(0, SHAPE["vocab_size"], (b, t), generator=torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, SHAPE["vocab_size"], (b, t), generator=gen)
 
 
 def assert_same_logits(ours: torch.Tensor, theirs: torch.Tensor) -> None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.models.test_overfit_matrix import GPT_LR, MATRIX, overfit
 
 from normlab.models import Llama, LlamaConfig
-from tests.models.test_overfit_matrix import GPT_LR, MATRIX, overfit
 
 
 @pytest.mark.parametrize(("scheme", "norm"), MATRIX)

@@ -1,8 +1,8 @@
 """Round trips with `transformers`: normlab's GPT and Llama as native HuggingFace models.
 
     from normlab.hf import to_hf, from_hf, export
-    hf = to_hf(model)            # LlamaForCausalLM / Qwen3ForCausalLM / Olmo2ForCausalLM / GPT2LMHeadModel
-    export(model, "out/")        # AutoModelForCausalLM.from_pretrained("out/") gives the same logits
+    hf = to_hf(model)        # LlamaForCausalLM, Qwen3ForCausalLM, Olmo2ForCausalLM, GPT2LMHeadModel
+    export(model, "out/")    # AutoModelForCausalLM.from_pretrained("out/"): the same logits
     model = from_hf("out/")
 
 Needs the `hf` extra (transformers).

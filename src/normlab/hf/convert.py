@@ -1,6 +1,6 @@
 """Lossless conversion between normlab's GPT / Llama and `transformers`' native classes.
 
-    hf = to_hf(model)                 # LlamaForCausalLM, Qwen3ForCausalLM, Olmo2ForCausalLM, GPT2LMHeadModel
+    hf = to_hf(model)                 # a native transformers model (Llama, Qwen3, OLMo-2, GPT-2)
     export(model, "out/")             # a save_pretrained folder (safetensors, no pickle)
     model = from_hf("out/")           # or from_hf(hf_model): normlab's model, same logits
 

@@ -22,13 +22,15 @@ from torch import Tensor, nn
 from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
-    LlamaConfig as HFLlamaConfig,
     LlamaForCausalLM,
     Olmo2Config,
     Olmo2ForCausalLM,
     PretrainedConfig,
     Qwen3Config,
     Qwen3ForCausalLM,
+)
+from transformers import (
+    LlamaConfig as HFLlamaConfig,
 )
 
 from normlab.blocks import SCHEMES, Placement
