@@ -1,5 +1,5 @@
 """Dependencies point one way: functional < kernels < norms < blocks < models < surgery,
-diagnostics < bench < cli.
+diagnostics, hf < bench < cli.
 
 `normlab.norms.functional` (the pure maths) is the bottom: the kernels are checked against it,
 and the norm modules call the kernels' dispatch. `transformers` stays out of the maths (norms,
@@ -17,13 +17,15 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "normlab"
 
 # package -> normlab packages it must never import
 FORBIDDEN = {
-    "norms": {"weights", "blocks", "models", "surgery", "diagnostics", "bench", "cli"},
-    "weights": {"blocks", "models", "surgery", "diagnostics", "bench", "cli"},
-    "kernels": {"norms", "weights", "blocks", "models", "surgery", "diagnostics", "bench", "cli"},
-    "blocks": {"models", "surgery", "diagnostics", "bench", "cli"},
-    "models": {"surgery", "diagnostics", "bench", "cli"},
+    "norms": {"weights", "blocks", "models", "surgery", "diagnostics", "bench", "cli", "hf"},
+    "weights": {"blocks", "models", "surgery", "diagnostics", "bench", "cli", "hf"},
+    "kernels": {"norms", "weights", "blocks", "models", "surgery", "diagnostics", "bench", "cli",
+                "hf"},
+    "blocks": {"models", "surgery", "diagnostics", "bench", "cli", "hf"},
+    "models": {"surgery", "diagnostics", "bench", "cli", "hf"},
     "surgery": {"bench", "cli"},
     "diagnostics": {"bench", "cli"},
+    "hf": {"surgery", "diagnostics", "bench", "cli"},
     "bench": {"cli"},
 }
 NO_TRANSFORMERS = {"norms", "weights", "kernels", "blocks", "models"}
