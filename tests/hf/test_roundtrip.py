@@ -125,6 +125,7 @@ def test_numerics_carried_exactly():
         (GPT, {"norm": "rmsnorm"}, "norm 'rmsnorm' .* GPT2LMHeadModel"),
         (GPT, {"placement": "post"}, "placement 'post'"),
         (GPT, {"embed_gain_init": 2.0}, "embedding gain"),
+        (GPT, {"qk_norm": "per_head"}, r"QK-norm \(per_head\) has no native equivalent"),
     ],
 )
 def test_refused_export_names_the_reason_and_writes_nothing(cls, fields, message, tmp_path):

@@ -13,7 +13,7 @@ from normlab.bench.config import RunConfig, set_field
 from normlab.bench.model import build_model
 from normlab.blocks import SCHEMES, GroupedAttention, SwiGLU, rotary_cos_sin
 from normlab.blocks.rotary import apply_rotary
-from normlab.models import Llama, LlamaConfig
+from normlab.models import GPT, GPTConfig, Llama, LlamaConfig
 from normlab.norms import Norm, get_norm_class, list_norms
 
 TINY = dict(vocab_size=32, block_size=16, depth=2, dim=32, heads=4)
@@ -53,7 +53,7 @@ def ref_grouped_attention(attn: GroupedAttention, x: torch.Tensor) -> torch.Tens
     """Causal attention with QK RMSNorm (per head or across heads), RoPE and grouped K/V."""
     b, t, _ = x.shape
     h, hkv, d = attn.heads, attn.kv_heads, attn.head_dim
-    q, k, v = x @ attn.q_proj.weight.T, x @ attn.k_proj.weight.T, x @ attn.v_proj.weight.T
+    q, k, v = (F.linear(x, p.weight, p.bias) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
     if attn.qk_norm == "across_heads":  # one statistic over all H·d (H_kv·d) channels
         q = ref_rms(q, attn.q_norm.weight, attn.q_norm.eps)
         k = ref_rms(k, attn.k_norm.weight, attn.k_norm.eps)
@@ -62,14 +62,16 @@ def ref_grouped_attention(attn: GroupedAttention, x: torch.Tensor) -> torch.Tens
         q = ref_rms(q, attn.q_norm.weight, attn.q_norm.eps)
         k = ref_rms(k, attn.k_norm.weight, attn.k_norm.eps)
     q, k, v = (z.transpose(1, 2) for z in (q, k, v))
-    q, k = ref_rope(q, attn.rope_theta), ref_rope(k, attn.rope_theta)
+    if attn.rope_theta is not None:
+        q, k = ref_rope(q, attn.rope_theta), ref_rope(k, attn.rope_theta)
     out = torch.empty(b, h, t, d)
     for head in range(h):
         g = head * hkv // h  # the key/value head that serves this query head
         scores = q[:, head] @ k[:, g].transpose(-1, -2) / math.sqrt(d)  # (B, T, T)
         scores = scores.masked_fill(~torch.ones(t, t, dtype=torch.bool).tril(), -math.inf)
         out[:, head] = scores.softmax(-1) @ v[:, g]
-    return out.transpose(1, 2).reshape(b, t, h * d) @ attn.out_proj.weight.T
+    return F.linear(out.transpose(1, 2).reshape(b, t, h * d), attn.out_proj.weight,
+                    attn.out_proj.bias)
 
 
 def perturbed_attention(**kwargs) -> GroupedAttention:
@@ -88,6 +90,23 @@ def test_grouped_attention_matches_the_formula(qk_norm, kv_heads):
     attn = perturbed_attention(kv_heads=kv_heads, rope_theta=100.0, qk_norm=qk_norm)
     x = torch.randn(2, 7, 32, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(attn(x), ref_grouped_attention(attn, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("qk_norm", ["per_head", "across_heads"])
+def test_the_gpt_takes_qk_norm_without_rope(qk_norm):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY, qk_norm=qk_norm, norm="rmsnorm"))
+    attn = model.blocks[0].attn
+    assert isinstance(attn, GroupedAttention) and attn.rope_theta is None
+    assert attn.q_proj.bias is not None and attn.q_norm.name == "rmsnorm"
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(2, 7, 32)
+    torch.testing.assert_close(attn(x), ref_grouped_attention(attn, x), rtol=1e-5, atol=1e-5)
+    assert not isinstance(GPT(GPTConfig(**TINY)).blocks[0].attn, GroupedAttention)
+    with pytest.raises(ValueError, match="qk_norm must be None"):
+        GPTConfig(qk_norm="yes")
 
 
 def test_qk_norm_weight_shapes():

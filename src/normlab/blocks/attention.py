@@ -10,6 +10,7 @@ masking, dropout and NormFormer head scale); `Block(..., attention=partial(Group
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any, Literal, get_args
 
 import torch
@@ -17,16 +18,33 @@ from torch import Tensor, nn
 
 from normlab.blocks.block import Attention
 from normlab.blocks.rotary import apply_rotary, check_rotary_head_dim, rotary_cos_sin
-from normlab.norms import Norm, make_norm
+from normlab.norms import Norm, get_norm_class, make_norm
 
 QKNorm = Literal["per_head", "across_heads"]
 QK_NORMS: tuple[str, ...] = get_args(QKNorm)
 
 
-def check_qk_norm(qk_norm: str | None) -> None:
-    """ValueError naming the choices unless `qk_norm` is None, "per_head" or "across_heads"."""
+def check_qk_norm(qk_norm: str | None, qk_norm_name: str | None = None) -> None:
+    """ValueError naming the choices unless `qk_norm` is None, "per_head" or "across_heads",
+    and `qk_norm_name` None or a registered norm."""
     if qk_norm is not None and qk_norm not in QK_NORMS:
         raise ValueError(f"qk_norm must be None, 'per_head' or 'across_heads', got {qk_norm!r}")
+    if qk_norm_name is not None:
+        get_norm_class(qk_norm_name)  # ValueError listing the known norms
+
+
+def qk_attention(
+    norm: str, norm_kwargs: Mapping[str, Any], qk_norm: QKNorm | None,
+    qk_norm_name: str | None = None, **options: Any,
+) -> partial:
+    """A `Block` attention factory: `GroupedAttention` whose QK norms are the model's norm
+    with its `norm_kwargs`, or `qk_norm_name` with that norm's defaults; `options` are
+    `GroupedAttention`'s (kv_heads, rope_theta)."""
+    name = qk_norm_name or norm
+    kwargs = dict(norm_kwargs) if name.lower() == norm.lower() else {}
+    return partial(
+        GroupedAttention, qk_norm=qk_norm, qk_norm_name=name, qk_norm_kwargs=kwargs, **options
+    )
 
 
 def check_kv_heads(heads: int, kv_heads: int | None) -> int:

@@ -237,6 +237,8 @@ def _decoder_from_hf_state(family: str) -> Callable[[dict[str, Tensor], LlamaCon
 
 def _gpt2_to_hf_config(model: GPT, eps: float) -> GPT2Config:
     c = model.config
+    if c.qk_norm is not None:
+        raise ValueError(f"QK-norm ({c.qk_norm}) has no native equivalent in GPT2LMHeadModel")
     if model.embed_gain is not None:
         raise ValueError("the learnable embedding gain (embed_gain_init) has no native "
                          "equivalent in GPT2LMHeadModel")

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-from normlab.blocks import Block, resolve_layout
+from normlab.blocks import Attention, Block, resolve_layout
+from normlab.blocks.attention import check_qk_norm, qk_attention
 from normlab.blocks.init import init_block, init_embedding, init_linear
 from normlab.models.common import (
     StackConfig,
@@ -41,6 +42,8 @@ class GPTConfig(StackConfig):
             at this value: DyT's LLaMA recipe uses √D, because an elementwise norm cannot
             rescale an N(0, 0.02) stream into tanh's active range. At small widths √D·0.02 is
             still far below 1 (D = 64: 0.16), so larger values may be needed there.
+        qk_norm, qk_norm_name: QK-norm, "per_head" or "across_heads" (None = off), with the
+            model's norm or the one named (`normlab.blocks.GroupedAttention`, docs/models.md).
     """
 
     architecture: ClassVar[str] = "decoder"
@@ -50,12 +53,15 @@ class GPTConfig(StackConfig):
     bias: bool = True
     tie_embeddings: bool = True
     embed_gain_init: float | None = None
+    qk_norm: Literal["per_head", "across_heads"] | None = None
+    qk_norm_name: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive int, got {value!r}")
+        check_qk_norm(self.qk_norm, self.qk_norm_name)
         if self.embed_gain_init is not None and not self.embed_gain_init > 0:
             raise ValueError(
                 f"GPTConfig.embed_gain_init must be > 0 or None, got {self.embed_gain_init!r}"
@@ -73,6 +79,9 @@ class GPT(nn.Module):
             c.placement, c.depth, architecture="decoder", **c.placement_kwargs
         )
         in_blocks, outside = norm_kwargs_by_position(c.norm_kwargs, c.dyt_alpha_init)
+        attention = Attention if c.qk_norm is None else qk_attention(
+            c.norm, c.norm_kwargs, c.qk_norm, c.qk_norm_name, rope_theta=None
+        )
         self.wte = nn.Embedding(c.vocab_size, c.dim)
         self.wpe = nn.Embedding(c.block_size, c.dim)
         self.embed_norm = make_norm(c.norm, c.dim, **outside) if self.layout.embed_norm else None
@@ -81,7 +90,7 @@ class GPT(nn.Module):
             Block(
                 c.dim, c.heads, placement, norm=c.norm, norm_kwargs=c.norm_kwargs,
                 sublayer_norm_kwargs=in_blocks, mlp_ratio=c.mlp_ratio, causal=True, bias=c.bias,
-                dropout=c.dropout,
+                dropout=c.dropout, attention=attention,
             )
             for placement in self.layout.blocks
         )

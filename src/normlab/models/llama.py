@@ -21,19 +21,18 @@ import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
-from functools import partial
 from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-from normlab.blocks import Block, GroupedAttention, SwiGLU, resolve_layout
-from normlab.blocks.attention import check_kv_heads, check_qk_norm
+from normlab.blocks import Block, SwiGLU, resolve_layout
+from normlab.blocks.attention import check_kv_heads, check_qk_norm, qk_attention
 from normlab.blocks.init import init_block, init_embedding, init_linear
 from normlab.blocks.rotary import check_rotary_head_dim
 from normlab.models.common import StackConfig, apply_norm, count_params, norm_kwargs_by_position
 from normlab.models.lm import check_lm_inputs, lm_loss
-from normlab.norms import get_norm_class, make_norm
+from normlab.norms import make_norm
 
 
 @dataclass
@@ -87,9 +86,7 @@ class LlamaConfig(StackConfig):
         check_rotary_head_dim(self.dim // self.heads)
         if not self.rope_theta > 0:
             raise ValueError(f"LlamaConfig.rope_theta must be > 0, got {self.rope_theta!r}")
-        check_qk_norm(self.qk_norm)
-        if self.qk_norm_name is not None:
-            get_norm_class(self.qk_norm_name)  # ValueError listing the known norms
+        check_qk_norm(self.qk_norm, self.qk_norm_name)
         if not self.init_std > 0:
             raise ValueError(f"LlamaConfig.init_std must be > 0, got {self.init_std!r}")
         if self.embed_scale != "sqrt_dim" and (
@@ -130,11 +127,9 @@ class Llama(nn.Module):
                 "init recipe is its own", stacklevel=2,
             )
         in_blocks, outside = norm_kwargs_by_position(c.norm_kwargs, c.dyt_alpha_init)
-        qk_name = c.qk_norm_name or c.norm
-        attention = partial(
-            GroupedAttention, kv_heads=c.kv_heads, rope_theta=c.rope_theta, qk_norm=c.qk_norm,
-            qk_norm_name=qk_name,
-            qk_norm_kwargs=c.norm_kwargs if qk_name.lower() == c.norm.lower() else {},
+        attention = qk_attention(
+            c.norm, c.norm_kwargs, c.qk_norm, c.qk_norm_name, kv_heads=c.kv_heads,
+            rope_theta=c.rope_theta,
         )
         self.wte = nn.Embedding(c.vocab_size, c.dim)
         self.embed_norm = make_norm(c.norm, c.dim, **outside) if self.layout.embed_norm else None
