@@ -13,7 +13,6 @@ from tests.models.test_overfit_matrix import GPT_LR, MATRIX, has_norms, overfit
 
 from normlab.models import Llama, LlamaConfig
 
-
 LLAMA_MATRIX = [
     pytest.param(s, n, marks=() if n == "rmsnorm" or not has_norms(s) else pytest.mark.slow)
     for s, n in MATRIX
