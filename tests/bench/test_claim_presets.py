@@ -11,8 +11,8 @@ import torch
 
 from normlab.bench import train
 from normlab.bench.config import RunConfig
-from normlab.bench.presets import expand, list_presets, load_preset
 from normlab.bench.optim import clip_gradients_, make_adamw
+from normlab.bench.presets import expand, list_presets, load_preset
 
 CLAIMS = [name for name in list_presets() if name.startswith("claim-")]
 

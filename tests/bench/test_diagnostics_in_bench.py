@@ -13,10 +13,10 @@ from safetensors.torch import load_file
 from normlab import cli
 from normlab.bench import checkpoint, train
 from normlab.bench.config import TrainConfig
-from normlab.bench.presets import load_preset
 from normlab.bench.data import load_data
 from normlab.bench.diagnostics import due
 from normlab.bench.metrics import read_metrics
+from normlab.bench.presets import load_preset
 from normlab.bench.report import write_report
 from normlab.norms import Norm
 

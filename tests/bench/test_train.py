@@ -9,8 +9,8 @@ import pytest
 from safetensors.torch import load_file
 
 from normlab.bench import checkpoint, train
-from normlab.bench.presets import load_preset
 from normlab.bench.metrics import read_metrics
+from normlab.bench.presets import load_preset
 
 DETERMINISTIC = ("kind", "step", "loss", "lr", "grad_norm", "val_loss", "val_acc")
 

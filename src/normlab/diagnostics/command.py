@@ -66,7 +66,8 @@ def add_parser(subparsers: Any, *, bench: ModuleType | None = None) -> argparse.
                         help="with --gpt: a JSON object of GPTConfig fields")
     parser.add_argument("--data", choices=("auto", "random", "corpus"), default="auto",
                         help="auto: the preset's corpus with --preset, random tokens otherwise")
-    parser.add_argument("--batches", type=positive_int, default=2, help="recorded steps (default 2)")
+    parser.add_argument("--batches", type=positive_int, default=2,
+                        help="recorded steps (default 2)")
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="default: the preset's, else 4")
     parser.add_argument("--seq-len", type=positive_int, default=None,
