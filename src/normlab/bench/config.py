@@ -29,7 +29,8 @@ class ModelConfig:
 
     `bias` and `embed_gain_init` are the GPT's only, `tie_embeddings` the GPT's and the Llama's;
     `patch_size`, `pool` and `dual_patchnorm` the ViT's; the fields from `mlp_multiple_of` on
-    the Llama's (`normlab.models.LlamaConfig`: GQA, RoPE θ, QK-norm, init, embedding scale).
+    the Llama's (`normlab.models.LlamaConfig`: GQA, RoPE θ, QK-norm, init, embedding scale),
+    `qk_norm` and `qk_norm_name` the GPT's too.
     `embed_gain_init` (None = off) starts a learnable scalar on the
     token embeddings (`GPTConfig.embed_gain_init`): DyT's LLaMA recipe, which lifts the
     N(0, 0.02) embedding stream into tanh's active range.
