@@ -46,9 +46,10 @@ def to_hf(model: GPT | Llama) -> PreTrainedModel:
     try:
         check_layout(model, family)
     except ValueError as error:
-        hint = f"; native pairs: {NATIVE_PAIRS}" if isinstance(model, Llama) else ""
-        raise ValueError(f"{error} (qk_norm={getattr(model.config, 'qk_norm', None)!r}){hint}"
-                         if isinstance(model, Llama) else str(error)) from None
+        if not isinstance(model, Llama):
+            raise
+        raise ValueError(f"{error} (qk_norm={model.config.qk_norm!r}); native pairs: "
+                         f"{NATIVE_PAIRS}") from None
     config = family.to_hf_config(model, eps)
     state = family.to_hf_state(model)
     weight = next(model.parameters())
@@ -84,8 +85,8 @@ def from_hf(model_or_dir: PreTrainedModel | str | os.PathLike) -> GPT | Llama:
     ValueError naming them. The result is in eval mode, in the source's dtype.
     """
     if isinstance(model_or_dir, str | os.PathLike):
-        family = _family(AutoConfig.from_pretrained(model_or_dir))
-        family.from_hf_config(AutoConfig.from_pretrained(model_or_dir))
+        config = AutoConfig.from_pretrained(model_or_dir)
+        _family(config).from_hf_config(config)  # refuse before loading any weight
         hf = AutoModelForCausalLM.from_pretrained(model_or_dir)
     elif isinstance(model_or_dir, PreTrainedModel):
         hf = model_or_dir

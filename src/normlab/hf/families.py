@@ -40,7 +40,7 @@ from normlab.norms import Norm, get_norm_class
 PRE = Placement(attn=("pre",), mlp=("pre",))
 REORDERED = Placement(attn=("branch_out",), mlp=("branch_out",))
 
-# (normlab name, HF name) within block i, for each Llama-like family; "{i}" is the block index
+# (normlab module, HF module) within a block of the Llama-like families
 _DECODER_LINEARS = [
     ("attn.q_proj", "self_attn.q_proj"), ("attn.k_proj", "self_attn.k_proj"),
     ("attn.v_proj", "self_attn.v_proj"), ("attn.out_proj", "self_attn.o_proj"),
@@ -86,7 +86,7 @@ def check_norms(model: nn.Module, family: Family) -> float:
                 f"norm {module.name!r} at {name} has no native equivalent in "
                 f"{family.hf_class.__name__} (it uses {family.norm} only)"
             )
-        if getattr(module, "eps_outside", False):
+        if family.norm == "rmsnorm" and module.eps_outside:
             raise ValueError(f"{name}: RMSNorm with eps outside the root has no native equivalent")
         if family.norm == "rmsnorm" and module.bias is not None:
             raise ValueError(f"{name}: RMSNorm's bias β has no native equivalent")
@@ -134,11 +134,6 @@ def _linear_bias(linear: nn.Linear) -> Tensor:
     if linear.bias is not None:
         return linear.bias.detach()
     return torch.zeros(linear.out_features)
-
-
-def _dropout_free(hf_config: PretrainedConfig, names: tuple[str, ...]) -> None:
-    for name in names:
-        setattr(hf_config, name, 0.0)
 
 
 # ---- Llama, Qwen3, OLMo-2 --------------------------------------------------------------------
@@ -243,14 +238,13 @@ def _gpt2_to_hf_config(model: GPT, eps: float) -> GPT2Config:
         raise ValueError("the learnable embedding gain (embed_gain_init) has no native "
                          "equivalent in GPT2LMHeadModel")
     hidden = model.blocks[0].mlp.fc1.out_features
-    hf = GPT2Config(
+    return GPT2Config(  # dropout is a training setting: not carried
         vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.dim, n_layer=c.depth,
         n_head=c.heads, n_inner=hidden, activation_function="gelu", layer_norm_epsilon=eps,
         initializer_range=0.02, tie_word_embeddings=c.tie_embeddings,
         bos_token_id=None, eos_token_id=None,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0,
     )
-    _dropout_free(hf, ("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout"))
-    return hf
 
 
 def _gpt2_from_hf_config(hf: GPT2Config) -> GPTConfig:
