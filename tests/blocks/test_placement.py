@@ -238,5 +238,5 @@ def test_adding_a_scheme_is_one_table_entry(monkeypatch):
 
 def test_every_scheme_is_documented():
     text = (Path(__file__).resolve().parents[2] / "docs" / "placements.md").read_text()
-    documented = re.findall(r"^### `([a-z]+)`", text, flags=re.MULTILINE)
+    documented = re.findall(r"^### `([a-z0-9]+)`", text, flags=re.MULTILINE)
     assert documented == list(SCHEMES)
