@@ -5,10 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
+from normlab.models import GPT, GPTConfig, Llama, LlamaConfig
+
 transformers = pytest.importorskip("transformers")
 
-from normlab.hf import FAMILIES, export, from_hf, to_hf  # noqa: E402
-from normlab.models import GPT, GPTConfig, Llama, LlamaConfig  # noqa: E402
+
+@pytest.fixture(scope="module")
+def convert():
+    """`normlab.hf`, imported when the tests run: transformers' model classes import triton,
+    which must come after tests/kernels/test_triton.py sets TRITON_INTERPRET at collection."""
+    import normlab.hf
+
+    return normlab.hf
 
 SHAPE = dict(vocab_size=48, block_size=24, depth=2, dim=32, heads=4)
 # model_type -> (normlab class, config fields, native class name)
@@ -58,9 +66,9 @@ VARIANTS = [
 
 
 @pytest.mark.parametrize(("model_type", "tied", "kv_heads"), VARIANTS)
-def test_export_loads_with_plain_auto_model(model_type, tied, kv_heads, tmp_path):
+def test_export_loads_with_plain_auto_model(model_type, tied, kv_heads, tmp_path, convert):
     model = normlab_model(model_type, tied, kv_heads)
-    export(model, tmp_path)
+    convert.export(model, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "config.json", "generation_config.json", "model.safetensors"
     ]  # no pickle (*.bin, *.pt)
@@ -77,12 +85,12 @@ def test_export_loads_with_plain_auto_model(model_type, tied, kv_heads, tmp_path
 
 
 @pytest.mark.parametrize(("model_type", "tied", "kv_heads"), VARIANTS)
-def test_from_hf_of_a_native_model(model_type, tied, kv_heads, tmp_path):
+def test_from_hf_of_a_native_model(model_type, tied, kv_heads, tmp_path, convert):
     """A randomly initialised transformers model, saved, comes back as normlab's model."""
-    source = to_hf(normlab_model(model_type, tied, kv_heads))  # the config only
+    source = convert.to_hf(normlab_model(model_type, tied, kv_heads))  # the config only
     native = perturbed(type(source)(source.config), seed=3)
     native.save_pretrained(tmp_path)
-    for model in (from_hf(native), from_hf(tmp_path)):
+    for model in (convert.from_hf(native), convert.from_hf(tmp_path)):
         assert isinstance(model, CASES[model_type][0])
         assert (model.lm_head.weight is model.wte.weight) == tied
         idx = tokens(seed=4)
@@ -91,21 +99,21 @@ def test_from_hf_of_a_native_model(model_type, tied, kv_heads, tmp_path):
     volatile = {"architectures", "dtype", "transformers_version", "_name_or_path"}
     back, source = (
         {k: v for k, v in c.to_dict().items() if k not in volatile}
-        for c in (to_hf(model).config, native.config)
+        for c in (convert.to_hf(model).config, native.config)
     )
     assert back == source
 
 
-def test_numerics_carried_exactly():
+def test_numerics_carried_exactly(convert):
     model = normlab_model("qwen3", False, 2)
     for block in model.blocks:
         for norm in (*block.norm_slots().values(), block.attn.q_norm, block.attn.k_norm):
             norm.eps = 1e-5
     model.final_norm.eps = 1e-5
-    hf = to_hf(model)
+    hf = convert.to_hf(model)
     assert hf.config.rms_norm_eps == 1e-5 and hf.config.head_dim == 8
     assert hf.config.intermediate_size == model.config.mlp_hidden
-    gpt = to_hf(normlab_model("gpt2", True, None))
+    gpt = convert.to_hf(normlab_model("gpt2", True, None))
     assert gpt.config.activation_function == "gelu"  # exact GELU, not GPT-2's tanh "gelu_new"
     c_attn = gpt.transformer.h[0].attn.c_attn.weight  # Conv1D: (in, out)
     assert c_attn.shape == (32, 96)
@@ -128,37 +136,39 @@ def test_numerics_carried_exactly():
         (GPT, {"qk_norm": "per_head"}, r"QK-norm \(per_head\) has no native equivalent"),
     ],
 )
-def test_refused_export_names_the_reason_and_writes_nothing(cls, fields, message, tmp_path):
+def test_refused_export_names_the_reason_and_writes_nothing(
+    cls, fields, message, tmp_path, convert
+):
     config = (GPTConfig if cls is GPT else LlamaConfig)(**SHAPE, **fields)
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=message) as error:
-        export(cls(config), out)
+        convert.export(cls(config), out)
     assert "\n" not in str(error.value)
     assert not out.exists()
 
 
-def test_different_eps_are_refused():
+def test_different_eps_are_refused(convert):
     model = normlab_model("llama", False, None)
     model.final_norm.eps = 1e-5
     with pytest.raises(ValueError, match="several eps"):
-        to_hf(model)
+        convert.to_hf(model)
 
 
-def test_from_hf_refuses_what_normlab_cannot_express(tmp_path):
+def test_from_hf_refuses_what_normlab_cannot_express(tmp_path, convert):
     bert = transformers.BertConfig(vocab_size=32, hidden_size=32, num_hidden_layers=1,
                                    num_attention_heads=4, intermediate_size=64)
     bert.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="model_type 'bert' is not supported; supported: "
-                       + ", ".join(FAMILIES)):
-        from_hf(tmp_path)
+                       + ", ".join(convert.FAMILIES)):
+        convert.from_hf(tmp_path)
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=32, n_positions=16, n_embd=32, n_layer=1, n_head=4))
     with pytest.raises(ValueError, match="activation_function='gelu_new' has no normlab"):
-        from_hf(gpt2)
+        convert.from_hf(gpt2)
     llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
         vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
         num_attention_heads=4, attention_bias=True))
     with pytest.raises(ValueError, match="attention_bias=True"):
-        from_hf(llama)
+        convert.from_hf(llama)
     with pytest.raises(TypeError, match="to_hf converts a normlab GPT or Llama"):
-        to_hf(torch.nn.Linear(2, 2))
+        convert.to_hf(torch.nn.Linear(2, 2))
