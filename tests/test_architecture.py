@@ -9,7 +9,8 @@ The layers, bottom first; a module may import its own layer and the layers below
     selection                       choosing modules of a network; the one `is_norm` rule
     weights                         weight-side normalizations
     blocks, models                  placements, then GPT / ViT
-    surgery, diagnostics            on any nn.Module (the loop check keeps them apart)
+    surgery, diagnostics, hf        on any nn.Module, and the round trip with transformers
+                                    (the loop check keeps them apart)
     bench                           uses everything
     the root `normlab`              the public API: only cli imports it
     cli
@@ -41,7 +42,7 @@ LAYERS: list[set[str]] = [
     {"weights"},
     {"blocks"},
     {"models"},
-    {"surgery", "diagnostics"},
+    {"surgery", "diagnostics", "hf"},
     {"bench"},
     {ROOT},
     {"cli"},

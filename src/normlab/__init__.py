@@ -7,8 +7,9 @@
 
 Subpackages: `normlab.functional` (the pure maths), `normlab.norms` (the zoo),
 `normlab.weights` (weight-side normalizations), `normlab.blocks` (placements), `normlab.models`
-(GPT, ViT), `normlab.kernels` (fused ops), `normlab.surgery` (swap / convert / fold),
-`normlab.diagnostics` (layer-by-layer metrics), `normlab.bench` (training harness and reports).
+(GPT, Llama, ViT), `normlab.kernels` (fused ops), `normlab.surgery` (swap / convert / fold),
+`normlab.diagnostics` (layer-by-layer metrics), `normlab.hf` (the round trip with
+transformers), `normlab.bench` (training harness and reports).
 """
 
 from normlab.blocks import (
@@ -19,7 +20,7 @@ from normlab.blocks import (
     register_scheme,
     resolve_layout,
 )
-from normlab.models import GPT, GPTConfig, ViT, ViTConfig
+from normlab.models import GPT, GPTConfig, Llama, LlamaConfig, ViT, ViTConfig
 from normlab.norms import Norm, NormInfo, get_norm_class, list_norms, make_norm, register_norm
 from normlab.version import __version__
 
@@ -28,6 +29,8 @@ __all__ = [
     "SCHEMES",
     "Block",
     "GPTConfig",
+    "Llama",
+    "LlamaConfig",
     "Norm",
     "NormInfo",
     "Placement",

@@ -6,6 +6,7 @@
     normlab report RUN_DIR...                     # redraw tables and plots from the JSON
     normlab diagnose (--preset NAME | --gpt | --model DIR) --out DIR   # layer-by-layer metrics
     normlab convert SRC_DIR --to rmsnorm|crmsnorm|fold --out DST_DIR  # exact norm surgery
+    normlab export RUN_DIR --out DIR              # a trained run as a transformers folder
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rich.table import Table
 import normlab
 from normlab import bench as bench_package
 from normlab.bench import commands
+from normlab.bench import export as export_command
 from normlab.bench.train import RunInterrupted
 from normlab.diagnostics import command as diagnose_command
 from normlab.diagnostics.command import int_at_least
@@ -94,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=commands.report)
     diagnose_command.add_parser(sub, bench=bench_package)
     convert_command.add_parser(sub)
+    export_command.add_parser(sub)
     return parser
 
 

@@ -113,6 +113,9 @@ def ref_block(scheme: str, block: Block, x, layer_index: int, depth: int, causal
     if scheme in ("tfixup", "none"):
         h = x + A(x)
         return h + M(h)
+    if scheme == "olmo2":
+        h = x + n["attn_branch_out"](A(x))
+        return h + n["mlp_branch_out"](M(h))
     raise AssertionError(f"no reference for {scheme!r}")
 
 

@@ -28,7 +28,7 @@ from normlab.blocks import (
 # The published schemes; a new one registered in placement.py joins `SCHEMES` after them.
 KNOWN = (
     "post", "pre", "peri", "mix", "lns", "deepnorm", "normformer", "gpas", "rezero", "skipinit",
-    "tfixup", "none",
+    "tfixup", "none", "olmo2",
 )
 
 # The norm slots (attn, mlp) and model-level norms (final, embedding) each paper specifies, at
@@ -46,6 +46,7 @@ EXPECTED = {
     "skipinit": ((), (), False, False),
     "tfixup": ((), (), False, False),
     "none": ((), (), False, False),
+    "olmo2": (("branch_out",), ("branch_out",), True, False),
 }
 
 
@@ -242,5 +243,5 @@ def test_adding_a_scheme_is_one_decorated_function():
 
 def test_every_scheme_is_documented():
     text = (Path(__file__).resolve().parents[2] / "docs" / "placements.md").read_text()
-    documented = re.findall(r"^### `([a-z]+)`", text, flags=re.MULTILINE)
+    documented = re.findall(r"^### `([a-z0-9]+)`", text, flags=re.MULTILINE)
     assert documented == list(SCHEMES)

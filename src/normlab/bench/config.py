@@ -20,15 +20,18 @@ from normlab import configs
 
 @dataclass
 class ModelConfig:
-    """The network: `gpt` (byte-level causal LM) or `vit` (image classifier).
+    """The network: `gpt` or `llama` (byte-level causal LMs) or `vit` (image classifier).
 
-    `bias`, `tie_embeddings` and `embed_gain_init` are the GPT's only; `patch_size`, `pool` and
-    `dual_patchnorm` the ViT's. `embed_gain_init` (None = off) starts a learnable scalar on the
+    `bias` and `embed_gain_init` are the GPT's only, `tie_embeddings` the GPT's and the Llama's;
+    `patch_size`, `pool` and `dual_patchnorm` the ViT's; the fields from `mlp_multiple_of` on
+    the Llama's (`normlab.models.LlamaConfig`: GQA, RoPE θ, QK-norm, init, embedding scale),
+    `qk_norm` and `qk_norm_name` the GPT's too.
+    `embed_gain_init` (None = off) starts a learnable scalar on the
     token embeddings (`GPTConfig.embed_gain_init`): DyT's LLaMA recipe, which lifts the
     N(0, 0.02) embedding stream into tanh's active range.
     """
 
-    kind: Literal["gpt", "vit"] = "gpt"
+    kind: Literal["gpt", "vit", "llama"] = "gpt"
     depth: int = 4
     dim: int = 128
     heads: int = 4
@@ -40,6 +43,14 @@ class ModelConfig:
     pool: Literal["cls", "mean"] = "cls"
     dual_patchnorm: bool = False
     embed_gain_init: float | None = None
+    mlp_multiple_of: int = 16
+    kv_heads: int | None = None
+    rope_theta: float = 10_000.0
+    qk_norm: Literal["per_head", "across_heads"] | None = None
+    qk_norm_name: str | None = None
+    init_std: float = 0.02
+    scale_out_proj_by_depth: bool = False
+    embed_scale: float | Literal["sqrt_dim"] = 1.0
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The model a bench config describes, its config built from the bench config by field name.
 
-    model_config(cfg)   # a GPTConfig or ViTConfig: every check of the model's facts runs here
-    build_model(cfg)    # the GPT or ViT itself
+    model_config(cfg)   # a GPTConfig, LlamaConfig or ViTConfig: the model's own checks run here
+    build_model(cfg)    # the GPT, Llama or ViT itself
 
 A field of the model config is filled from, in order: what the data fixes (the vocabulary, the
 window length, the image shape: `TextData.model_fields` / `DigitsData.model_fields`), the
@@ -20,10 +20,11 @@ from torch import nn
 
 from normlab.bench.config import ModelConfig, RunConfig
 from normlab.bench.data import data_class
-from normlab.models import GPT, GPTConfig, ViT, ViTConfig
+from normlab.models import GPT, GPTConfig, Llama, LlamaConfig, ViT, ViTConfig
 
 KINDS: dict[str, tuple[type, type[nn.Module]]] = {"gpt": (GPTConfig, GPT),
-                                                  "vit": (ViTConfig, ViT)}
+                                                  "vit": (ViTConfig, ViT),
+                                                  "llama": (LlamaConfig, Llama)}
 # model-config field -> where the bench config holds it, when not `model.<same name>`
 SOURCES = {"norm": "norm.name", "norm_kwargs": "norm.kwargs", "placement": "placement.name",
            "placement_kwargs": "placement.kwargs", "block_size": "data.seq_len"}
@@ -44,7 +45,7 @@ def _values(cfg: RunConfig, config_class: type) -> dict:
 
 
 def model_config(cfg: RunConfig):
-    """The GPTConfig / ViTConfig of `cfg`; its own checks' errors name the bench fields."""
+    """The model config (GPTConfig, ...) of `cfg`; its own checks' errors name the bench fields."""
     config_class, _ = KINDS[cfg.model.kind]
     try:
         return config_class(**_values(cfg, config_class))
@@ -65,7 +66,7 @@ def unused_model_fields(cfg: RunConfig) -> list[str]:
 
 
 def build_model(cfg: RunConfig) -> nn.Module:
-    """The GPT or ViT that `cfg` describes (norm and placement from the config)."""
+    """The model that `cfg` describes (norm and placement from the config)."""
     unused = unused_model_fields(cfg)
     if unused:
         warnings.warn(f"{', '.join(unused)} apply to another model kind; the "

@@ -4,6 +4,7 @@
     block = make_block(64, 4, scheme="mix", norm="rmsnorm", layer_index=0, depth=12)
 """
 
+from normlab.blocks.attention import QK_NORMS, GroupedAttention
 from normlab.blocks.block import (
     MLP,
     Attention,
@@ -29,18 +30,24 @@ from normlab.blocks.placement import (
     resolve_placement,
     tfixup_constants,
 )
+from normlab.blocks.rotary import apply_rotary, rotary_cos_sin
+from normlab.blocks.swiglu import SwiGLU
 
 __all__ = [
     "MLP",
+    "QK_NORMS",
     "SCHEMES",
     "SUBLAYERS",
     "Attention",
     "Block",
     "Gate",
+    "GroupedAttention",
     "InitSpec",
     "Layout",
     "Placement",
     "Scheme",
+    "SwiGLU",
+    "apply_rotary",
     "attention_mask",
     "check_shape",
     "deepnorm_constants",
@@ -53,5 +60,6 @@ __all__ = [
     "register_scheme",
     "resolve_layout",
     "resolve_placement",
+    "rotary_cos_sin",
     "tfixup_constants",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -71,8 +71,8 @@ class Attention(nn.Module):
         self.head_scale = nn.Parameter(torch.ones(heads)) if head_scale else None
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        b, t, _ = x.shape  # the stream may be narrower than the heads (Pre-CRMSNorm: D-1)
-        q, k, v = (p(x).view(b, t, self.heads, -1).transpose(1, 2) for p in self.projections)
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x, mask)
         allowed = attention_mask(mask, self.causal)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=allowed, is_causal=self.causal and allowed is None,
@@ -82,6 +82,11 @@ class Attention(nn.Module):
         if self.head_scale is not None:
             y = (y.view(b, t, self.heads, -1) * self.head_scale.to(y.dtype)[:, None]).flatten(2)
         return y
+
+    def qkv(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values, each (B, H, T, D/H)."""
+        b, t, _ = x.shape  # the stream may be narrower than the heads (Pre-CRMSNorm: D-1)
+        return tuple(p(x).view(b, t, self.heads, -1).transpose(1, 2) for p in self.projections)
 
     @property
     def projections(self) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
@@ -115,6 +120,10 @@ class Block(nn.Module):
     with s = `placement.input_scale` and α = `placement.residual_scale`. Every norm gets the
     padding mask (True = real token), so batch-statistics norms never count padding.
 
+    The sublayers are built by `attention(dim, heads, *, causal, bias, dropout, head_scale)`
+    and `mlp(dim, hidden, *, bias, norm)`: `Attention` and `MLP` by default; the Llama passes
+    `GroupedAttention` (RoPE, GQA, QK-norm) and `SwiGLU` through the same wiring.
+
     Attributes:
         norms: ModuleDict of the sublayer norms, keys "<sublayer>_<slot>" (e.g. "attn_pre"); the
             "mlp_hidden" norm lives in `mlp.norm` (see `norm_slots`).
@@ -126,6 +135,7 @@ class Block(nn.Module):
         norm_kwargs: Mapping[str, Any] | None = None,
         sublayer_norm_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
         mlp_ratio: float = 4.0, causal: bool = True, bias: bool = True, dropout: float = 0.0,
+        attention: Callable[..., nn.Module] = Attention, mlp: Callable[..., nn.Module] = MLP,
     ) -> None:
         super().__init__()
         check_shape(dim, heads, mlp_ratio, dropout)
@@ -145,11 +155,11 @@ class Block(nn.Module):
             f"{sub}_{slot}": build(sub, dim)
             for sub in SUBLAYERS for slot in placement.slots(sub) if slot != "hidden"
         })
-        self.attn = Attention(
+        self.attn = attention(
             dim, heads, causal=causal, bias=bias, dropout=dropout, head_scale=placement.head_scale
         )
         hidden_norm = build("mlp", hidden) if "hidden" in placement.mlp else None
-        self.mlp = MLP(dim, hidden, bias=bias, norm=hidden_norm)
+        self.mlp = mlp(dim, hidden, bias=bias, norm=hidden_norm)
         self.gates = nn.ParameterDict({
             key: nn.Parameter(torch.full((dim,) if g.per_channel else (), float(g.init)))
             for g in placement.gates for key in dict.fromkeys(g.key(s) for s in g.sublayers)

@@ -424,6 +424,16 @@ def _none(depth: int, architecture: Architecture) -> Layout:
     return Layout((BARE,) * depth, final_norm=False)
 
 
+@register_scheme(
+    "olmo2",
+    formula="y = x + N(F(x)) per sublayer (no norm on the branch input); final norm",
+    paper="2 OLMo 2 Furious (OLMo et al., 2024)",
+)
+def _olmo2(depth: int, architecture: Architecture) -> Layout:
+    block = Placement(attn=("branch_out",), mlp=("branch_out",))
+    return Layout((block,) * depth)
+
+
 def resolve_layout(
     scheme: str, depth: int, *, architecture: Architecture = "decoder", **options: Any
 ) -> Layout:

@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normlab.blocks import Block, resolve_layout
+from normlab.blocks import Attention, Block, resolve_layout
+from normlab.blocks.attention import check_qk_norm, qk_attention
 from normlab.blocks.init import init_block, init_embedding, init_linear
 from normlab.models.common import StackConfig, apply_norm, count_params
+from normlab.models.lm import check_lm_inputs, lm_loss
 from normlab.norms import make_norm
-
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -38,6 +37,8 @@ class GPTConfig(StackConfig):
             at this value: DyT's LLaMA recipe uses √D, because an elementwise norm cannot
             rescale an N(0, 0.02) stream into tanh's active range. At small widths √D·0.02 is
             still far below 1 (D = 64: 0.16), so larger values may be needed there.
+        qk_norm, qk_norm_name: QK-norm, "per_head" or "across_heads" (None = off), with the
+            model's norm or the one named (`normlab.blocks.GroupedAttention`, docs/models.md).
     """
 
     architecture: ClassVar[str] = "decoder"
@@ -47,12 +48,15 @@ class GPTConfig(StackConfig):
     bias: bool = True
     tie_embeddings: bool = True
     embed_gain_init: float | None = None
+    qk_norm: Literal["per_head", "across_heads"] | None = None
+    qk_norm_name: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive int, got {value!r}")
+        check_qk_norm(self.qk_norm, self.qk_norm_name)
         if self.embed_gain_init is not None and not self.embed_gain_init > 0:
             raise ValueError(
                 f"GPTConfig.embed_gain_init must be > 0 or None, got {self.embed_gain_init!r}"
@@ -70,6 +74,9 @@ class GPT(nn.Module):
             c.placement, c.depth, architecture="decoder", **c.placement_kwargs
         )
         in_blocks, outside = c.position_kwargs()
+        attention = Attention if c.qk_norm is None else qk_attention(
+            c.norm, c.norm_kwargs, c.qk_norm, c.qk_norm_name, rope_theta=None
+        )
         self.wte = nn.Embedding(c.vocab_size, c.dim)
         self.wpe = nn.Embedding(c.block_size, c.dim)
         self.embed_norm = make_norm(c.norm, c.dim, **outside) if self.layout.embed_norm else None
@@ -78,6 +85,7 @@ class GPT(nn.Module):
             Block(
                 c.dim, c.heads, placement, norm=c.norm, sublayer_norm_kwargs=in_blocks,
                 mlp_ratio=c.mlp_ratio, causal=True, bias=c.bias, dropout=c.dropout,
+                attention=attention,
             )
             for placement in self.layout.blocks
         )
@@ -99,7 +107,7 @@ class GPT(nn.Module):
         batch-statistics norm, of attention (as keys) and of the loss. Targets equal to -100
         are ignored as well.
         """
-        self._check_inputs(idx, targets, mask)
+        check_lm_inputs("GPT", idx, targets, mask, self.config.block_size)
         pos = torch.arange(idx.shape[1], device=idx.device)
         tokens = self.wte(idx) * self.embed_scale  # (B, T, D)
         if self.embed_gain is not None:
@@ -109,14 +117,7 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         logits = self.lm_head(apply_norm(self.final_norm, x, mask))  # (B, T, V)
-        if targets is None:
-            return logits, None
-        if mask is not None:
-            targets = targets.masked_fill(~mask, IGNORE_INDEX)
-        loss = F.cross_entropy(
-            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
-        )
-        return logits, loss
+        return logits, None if targets is None else lm_loss(logits, targets, mask)
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -151,19 +152,3 @@ class GPT(nn.Module):
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters counted once (a tied head is the embedding); `non_embedding` drops wpe."""
         return count_params(self, exclude=[self.wpe.weight] if non_embedding else [])
-
-    def _check_inputs(self, idx: Tensor, targets: Tensor | None, mask: Tensor | None) -> None:
-        if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
-            got = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, Tensor) else type(idx)
-            raise ValueError(f"GPT: idx must be an int64 tensor of shape (B, T), got {got}")
-        if idx.shape[1] > self.config.block_size:
-            raise ValueError(
-                f"GPT: sequence length {idx.shape[1]} exceeds block_size="
-                f"{self.config.block_size}; crop the input or raise GPTConfig.block_size"
-            )
-        for name, t, dtype in (("targets", targets, torch.long), ("mask", mask, torch.bool)):
-            if t is not None and (t.shape != idx.shape or t.dtype != dtype):
-                raise ValueError(
-                    f"GPT: {name} must be a {dtype} tensor of shape {tuple(idx.shape)} (as idx), "
-                    f"got {t.dtype} {tuple(t.shape)}"
-                )

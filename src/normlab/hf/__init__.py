@@ -1,0 +1,14 @@
+"""Round trips with `transformers`: normlab's GPT and Llama as native HuggingFace models.
+
+    from normlab.hf import to_hf, from_hf, export
+    hf = to_hf(model)        # LlamaForCausalLM, Qwen3ForCausalLM, Olmo2ForCausalLM, GPT2LMHeadModel
+    export(model, "out/")    # AutoModelForCausalLM.from_pretrained("out/"): the same logits
+    model = from_hf("out/")
+
+Needs the `hf` extra (transformers).
+"""
+
+from normlab.hf.convert import export, family_of, from_hf, to_hf
+from normlab.hf.families import FAMILIES, Family
+
+__all__ = ["FAMILIES", "Family", "export", "family_of", "from_hf", "to_hf"]

@@ -1,0 +1,40 @@
+"""What the causal language models (GPT, Llama) share: input checks and the loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE_INDEX = -100
+
+
+def check_lm_inputs(
+    model: str, idx: Tensor, targets: Tensor | None, mask: Tensor | None, block_size: int
+) -> None:
+    """ValueError naming the fix unless idx (B, T) int64 with T ≤ block_size, and targets
+    (int64) and mask (bool) shaped like idx. `model` names the model class in the message."""
+    if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
+        got = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, Tensor) else type(idx)
+        raise ValueError(f"{model}: idx must be an int64 tensor of shape (B, T), got {got}")
+    if idx.shape[1] > block_size:
+        raise ValueError(
+            f"{model}: sequence length {idx.shape[1]} exceeds block_size={block_size}; crop "
+            f"the input or raise {model}Config.block_size"
+        )
+    for name, t, dtype in (("targets", targets, torch.long), ("mask", mask, torch.bool)):
+        if t is not None and (t.shape != idx.shape or t.dtype != dtype):
+            raise ValueError(
+                f"{model}: {name} must be a {dtype} tensor of shape {tuple(idx.shape)} (as idx), "
+                f"got {t.dtype} {tuple(t.shape)}"
+            )
+
+
+def lm_loss(logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean next-token cross-entropy (in fp32) over the positions where `mask` is True and the
+    target is not -100; logits (B, T, V), targets (B, T)."""
+    if mask is not None:
+        targets = targets.masked_fill(~mask, IGNORE_INDEX)
+    return F.cross_entropy(
+        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
+    )
