@@ -228,17 +228,17 @@ def test_bad_gates():
 
 
 def test_adding_a_scheme_is_one_decorated_function():
-    """OLMo 2's reordered norm (x + N(F(x))) needs data only: no flag anywhere."""
+    """A scheme that normalizes only the branch outputs needs data only: no flag anywhere."""
     with SCHEMES.temporary():
 
-        @register_scheme("olmo2", formula="y = x + N(F(x))", paper="OLMo 2")
-        def olmo2(depth, architecture):
+        @register_scheme("branchout", formula="y = x + N(F(x))", paper="(an example)")
+        def branch_out(depth, architecture):
             return Layout((Placement(attn=("branch_out",), mlp=("branch_out",)),) * depth)
 
-        block = make_block(16, 2, scheme="olmo2", norm="rmsnorm", layer_index=1, depth=3)
+        block = make_block(16, 2, scheme="branchout", norm="rmsnorm", layer_index=1, depth=3)
         assert set(block.norm_slots()) == {"attn_branch_out", "mlp_branch_out"}
-        assert resolve_layout("OLMo2", 3).scheme == "olmo2"
-    assert "olmo2" not in SCHEMES
+        assert resolve_layout("BranchOut", 3).scheme == "branchout"
+    assert "branchout" not in SCHEMES
 
 
 def test_every_scheme_is_documented():

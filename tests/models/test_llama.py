@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from normlab.bench.config import RunConfig, set_field
+from normlab.bench.config import RunConfig
 from normlab.bench.model import build_model
 from normlab.blocks import SCHEMES, GroupedAttention, SwiGLU, rotary_cos_sin
 from normlab.blocks.rotary import apply_rotary
+from normlab.configs import set_field
 from normlab.models import GPT, GPTConfig, Llama, LlamaConfig
 from normlab.norms import Norm, get_norm_class, list_norms
 
