@@ -24,9 +24,7 @@ from typing import Any
 
 from normlab.bench import plots
 from normlab.bench.metrics import write_atomic
-from normlab.bench.runs import Arm, Run, find_runs, group_arms
-
-BASELINE = ("pre", "layernorm")
+from normlab.bench.runs import BASELINE, Arm, Run, find_runs, group_arms
 
 
 def _mean(values: list[float]) -> float | None:
@@ -49,17 +47,20 @@ def ci95_half_width(values: list[float]) -> float | None:
 
 
 def speed_and_memory(arm: Arm, baseline: Arm | None) -> dict[str, Any]:
-    """The arm's speed and memory relative to the baseline, from the timing pass of the sweep
-    both belong to (bench/timing.py): speed round by round, its median and range over rounds,
-    and whether that range contains 1 (a difference inside the noise). Empty without one."""
+    """The arm's speed and memory relative to the baseline, from the timing pass of its sweep
+    (bench/timing.py): the tokens/s ratio of each adjacent (arm, baseline) pair, their median
+    and range, and whether that range contains 1 (a difference inside the noise). Empty
+    without a timing pass that timed this baseline."""
     run = arm.runs[0]
-    if baseline is None or run.timing is None or baseline.runs[0].timing is not run.timing:
+    if baseline is None or run.timing is None:
         return {}
-    entries = run.timing["arms"]
-    mine, base = entries.get(run.name), entries.get(baseline.runs[0].name)
-    if mine is None or base is None:
+    if run.timing.get("baseline") not in {r.name for r in baseline.runs}:
         return {}
-    ratios = [a / b for a, b in zip(mine["tokens_per_s"], base["tokens_per_s"], strict=True)]
+    mine, base = run.timing["arms"].get(run.name), run.timing["arms"][run.timing["baseline"]]
+    if mine is None or not mine["baseline_tokens_per_s"]:
+        return {}
+    ratios = [a / b for a, b in zip(mine["tokens_per_s"], mine["baseline_tokens_per_s"],
+                                    strict=True)]
     peak, base_peak = mine["peak_tensor_bytes"], base["peak_tensor_bytes"]
     return {
         "tokens_per_s": statistics.median(mine["tokens_per_s"]),
@@ -264,8 +265,9 @@ def markdown(table: dict[str, Any], plots: list[str], normalization_plot: str | 
     else:
         rounds = max(r["timing_rounds"] for r in rows)
         lines += [f"Speed and memory are relative to `{base}`, from a timing pass apart from "
-                  f"training ({rounds} interleaved rounds): the median ratio of tokens/s and "
-                  "its range over rounds; \"≈ noise\" marks a range that contains 1.", ""]
+                  f"training: the median tokens/s ratio of {rounds} back-to-back (arm, baseline) "
+                  "pairs and its range; \"≈ noise\" marks a range that contains 1 (the baseline's "
+                  "own row, timed against itself, shows the noise floor).", ""]
     has_acc = any("val_acc_mean" in r for r in rows)
     header = ["#", "arm", "final val loss (mean ± std)", "95 % CI", "min – max", "n"]
     header += ["val acc"] if has_acc else []

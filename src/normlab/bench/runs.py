@@ -17,6 +17,7 @@ from normlab.bench.diagnostics import FILE as DIAGNOSTICS
 from normlab.bench.metrics import read_json, read_metrics, summarize
 
 TIMING = "timing.json"  # written by bench/timing.py into a sweep directory
+BASELINE = ("pre", "layernorm")  # (placement, norm) of the arm others are compared with
 
 
 @dataclass

@@ -94,7 +94,8 @@ def run_sweep(arms: list[tuple[str, RunConfig]], out: Path, *, console: Console 
     if not is_main:
         return None
     if timing_rounds and not rt.dist.enabled:
-        console.print(f"timing {len(arms)} arm(s), {timing_rounds} interleaved rounds")
+        console.print(f"timing {len(arms)} arm(s) against the baseline, {timing_rounds} "
+                      "back-to-back pairs each")
         timing.measure(arms, out, rt, rounds=timing_rounds)
     return write_report([out], out)
 

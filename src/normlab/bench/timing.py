@@ -3,15 +3,17 @@
 Timing a run while it trains measures the machine as much as the arm: arms run one after the
 other, minutes apart, on a machine whose load drifts (±20 % between runs on a shared CPU). The
 timing pass instead builds each arm's model as training does and times `steps` of its exact
-training step (`train.train_step`) after `warmup` untimed ones, arm after arm, for `rounds`
-rounds, each round in a rotated order. Every round yields each arm's speed relative to the
-baseline arm of *that* round; the report gives the median ratio and its range over rounds, and
-calls a difference whose range contains 1 noise.
+training step (`train.train_step`, after `warmup` untimed ones) back to back with the same
+number of steps of the baseline arm (pre/layernorm, built once and kept), `rounds` times, the
+baseline going first in every other pair. Each pair is seconds apart, so its ratio is free of
+the drift between arms; the report gives the median ratio over the pairs and its range, and
+calls a difference whose range contains 1 noise. The baseline is timed against itself the same
+way, which shows the noise floor.
 
 Memory is the peak of the tensors one training step holds (parameters, gradients, optimizer
 state, activations, temporaries): the CUDA allocator's `max_memory_allocated` on a GPU,
 PyTorch's `MemTracker` (torch.distributed._tools, which follows every tensor's storage) on CPU.
-It is measured once per arm, in the first round.
+It is measured once per arm.
 
 Arms that differ only in their seed (or in what they record) have the same cost and are timed
 once. The result is written to OUT/timing.json.
@@ -29,7 +31,7 @@ import torch
 from normlab.bench.config import RunConfig, from_dict
 from normlab.bench.metrics import write_atomic
 from normlab.bench.rundir import config_hash
-from normlab.bench.runs import TIMING
+from normlab.bench.runs import BASELINE, TIMING
 from normlab.bench.runtime import Runtime
 from normlab.bench.train import LoopState, prepare, train_step
 
@@ -63,53 +65,68 @@ def _peak_tensor_bytes(s, state: LoopState) -> int | None:
     return int(tracker.get_tracker_snapshot("peak")[device]["Total"])
 
 
-def _time_arm(cfg: RunConfig, rt: Runtime, out: Path, *, steps: int, warmup: int,
-              memory: bool) -> tuple[float, int | None]:
-    """(tokens/s over `steps` timed training steps, the step's peak tensor bytes or None).
+class _Subject:
+    """One arm's model and optimizer, built as training builds them and warmed up, to time.
 
-    Nothing is written: `cfg` records no diagnostics and no step is logged or saved. The
+    Nothing is written: the config records no diagnostics and no step is logged or saved. The
     learning rate is 0, so that every arm, a diverging one too, does the same work at every
     step (the model stays at its initialization; the cost of a step does not depend on it)."""
-    quiet = from_dict(RunConfig, cfg.to_dict())
-    quiet.train.diagnose_every = 0
-    quiet.optim.lr, quiet.train.spike_threshold = 0.0, 0.0
-    s = prepare(quiet, rt, out)
-    state = LoopState()
-    for _ in range(warmup):
-        train_step(s, state)
-    peak = _peak_tensor_bytes(s, state) if memory else None
-    if rt.device.type == "cuda":
-        torch.cuda.synchronize(rt.device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        train_step(s, state)
-    if rt.device.type == "cuda":
-        torch.cuda.synchronize(rt.device)
-    return s.tokens_per_step * steps / (time.perf_counter() - t0), peak
+
+    def __init__(self, cfg: RunConfig, rt: Runtime, out: Path, warmup: int):
+        quiet = from_dict(RunConfig, cfg.to_dict())
+        quiet.train.diagnose_every = 0
+        quiet.optim.lr, quiet.train.spike_threshold = 0.0, 0.0
+        self.session, self.state = prepare(quiet, rt, out), LoopState()
+        for _ in range(warmup):
+            train_step(self.session, self.state)
+
+    def peak_tensor_bytes(self) -> int | None:
+        return _peak_tensor_bytes(self.session, self.state)
+
+    def tokens_per_s(self, steps: int) -> float:
+        device = self.session.rt.device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            train_step(self.session, self.state)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return self.session.tokens_per_step * steps / (time.perf_counter() - t0)
+
+
+def _is_baseline(cfg: RunConfig) -> bool:
+    return (cfg.placement.name.lower(), cfg.norm.name.lower()) == BASELINE
 
 
 def measure(arms: list[tuple[str, RunConfig]], out: Path, rt: Runtime, *, rounds: int = 3,
             steps: int = 4, warmup: int = 2) -> dict[str, Any]:
-    """Time every distinct arm (interleaved, `rounds` times) and write OUT/timing.json."""
+    """Time every distinct arm against the baseline, in `rounds` adjacent pairs, and write
+    OUT/timing.json (see the module docstring)."""
     distinct: dict[str, tuple[str, RunConfig]] = {}
     for name, cfg in arms:
         distinct.setdefault(cost_key(cfg), (name, cfg))
-    order = list(distinct)
-    speeds: dict[str, list[float]] = {key: [] for key in order}
-    peaks: dict[str, int | None] = {}
-    for r in range(rounds):
-        shift = r % len(order)
-        for key in order[shift:] + order[:shift]:
-            _, cfg = distinct[key]
-            speed, peak = _time_arm(cfg, rt, out, steps=steps, warmup=warmup, memory=r == 0)
-            speeds[key].append(speed)
-            if r == 0:
-                peaks[key] = peak
+    base_name, base_cfg = next(((n, c) for n, c in distinct.values() if _is_baseline(c)),
+                               (None, None))
+    base = _Subject(base_cfg, rt, out, warmup) if base_cfg is not None else None
+    measured: dict[str, dict[str, Any]] = {}
+    for key, (name, cfg) in distinct.items():
+        subject = base if name == base_name else _Subject(cfg, rt, out, warmup)
+        speeds, base_speeds = [], []
+        for r in range(rounds):
+            if base is not None and r % 2:
+                base_speeds.append(base.tokens_per_s(steps))
+            speeds.append(subject.tokens_per_s(steps))
+            if base is not None and not r % 2:
+                base_speeds.append(base.tokens_per_s(steps))
+        measured[key] = {"tokens_per_s": speeds, "baseline_tokens_per_s": base_speeds or None,
+                         "peak_tensor_bytes": subject.peak_tensor_bytes()}
+        del subject
     result = {
         "rounds": rounds, "steps": steps, "warmup": warmup, "device": str(rt.device),
-        "threads": torch.get_num_threads(),
-        "arms": {name: {"cost_key": cost_key(cfg), "tokens_per_s": speeds[cost_key(cfg)],
-                        "peak_tensor_bytes": peaks[cost_key(cfg)]} for name, cfg in arms},
+        "threads": torch.get_num_threads(), "baseline": base_name,
+        "arms": {name: {"cost_key": cost_key(cfg), **measured[cost_key(cfg)]}
+                 for name, cfg in arms},
     }
     write_atomic(Path(out) / TIMING, json.dumps(result, indent=2) + "\n")
     return result
