@@ -124,7 +124,8 @@ def _relative(table: dict[str, Any], styles, path: Path) -> Path:
                else float("nan")} for r in rows]
     _dots(memory, styles, axes[1], "mem_ratio", lambda r: None, lambda r: None)
     base = table["baseline"] or "baseline (absent)"
-    axes[0].set(xlabel=f"tokens/s relative to {base}\n(median, line = range over timing rounds)")
+    axes[0].set(xlabel=f"tokens/s relative to {base}\n(median, line = range over the "
+                       "back-to-back timing pairs)")
     axes[1].set(xlabel=f"peak tensor memory relative to {base}")
     for ax in axes:
         ax.axvline(1.0, color="black", linewidth=0.8)
