@@ -72,6 +72,11 @@ def _check_residual(op: str, x: Tensor, residual: Tensor) -> None:
 def _resolve(op: str, backend: str | None, x: Tensor) -> str:
     name = requested_backend(backend)
     if name == "auto":
+        if torch.compiler.is_compiling():
+            # under torch.compile the plain formulas (autograd's own backward) trace into the
+            # graph, where the compiler fuses them; the C++ and Triton entry points and the
+            # hand-written backward of "torch" would break the graph
+            return "reference"
         if x.device.type == "cpu":
             # ATen's own LayerNorm is as fast as the C++ kernel (docs/kernels.md): keep it.
             return "cpp" if op != "layer_norm" and cpu.available() else "torch"
