@@ -95,11 +95,11 @@ def test_parse_override_reads_the_value_as_yaml():
 def test_diagnostics_gpt_settings_use_the_same_parser(tmp_path):
     path = tmp_path / "gpt.json"
     path.write_text('{"depth": 2, "dim": 16, "heads": 2}')
-    settings = parse_settings(["placement=post", "dyt_alpha_init=[0.8, 0.2, 0.2]",
-                               "norm=dyt"], path)
+    settings = parse_settings(["placement=post", "norm=dyt",
+                               "norm_kwargs_by_position={attn: {alpha_init: 0.8}}"], path)
     config = gpt_config(settings)
     assert (config.depth, config.dim, config.placement) == (2, 16, "post")
-    assert config.dyt_alpha_init == (0.8, 0.2, 0.2)
+    assert config.norm_kwargs_by_position == {"attn": {"alpha_init": 0.8}}
     with pytest.raises(ValueError, match=r"unknown GPT config field 'depht'; known keys here: "
                                          r".*\bdepth\b"):
         gpt_config({"depht": 2})
