@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from normlab.blocks import Attention, Block, resolve_layout
 from normlab.blocks.attention import check_qk_norm, qk_attention
 from normlab.blocks.init import init_block, init_embedding, init_linear
-from normlab.models.common import StackConfig, apply_norm, count_params
-from normlab.models.lm import check_lm_inputs, lm_loss
+from normlab.models.common import StackConfig, count_params
+from normlab.models.lm import check_lm_inputs, decode
 from normlab.norms import make_norm
 
 
@@ -113,11 +113,7 @@ class GPT(nn.Module):
         if self.embed_gain is not None:
             tokens = tokens * self.embed_gain
         x = tokens + self.wpe(pos)
-        x = self.drop(apply_norm(self.embed_norm, x, mask))
-        for block in self.blocks:
-            x = block(x, mask)
-        logits = self.lm_head(apply_norm(self.final_norm, x, mask))  # (B, T, V)
-        return logits, None if targets is None else lm_loss(logits, targets, mask)
+        return decode(self, x, targets, mask)
 
     @torch.no_grad()
     def init_weights(self) -> None:

@@ -30,8 +30,8 @@ from normlab.blocks import Block, SwiGLU, resolve_layout
 from normlab.blocks.attention import check_kv_heads, check_qk_norm, qk_attention
 from normlab.blocks.init import init_block, init_embedding, init_linear
 from normlab.blocks.rotary import check_rotary_head_dim
-from normlab.models.common import StackConfig, apply_norm, count_params
-from normlab.models.lm import check_lm_inputs, lm_loss
+from normlab.models.common import StackConfig, count_params
+from normlab.models.lm import check_lm_inputs, decode
 from normlab.norms import make_norm
 
 
@@ -161,12 +161,7 @@ class Llama(nn.Module):
         are ignored as well. Rotary positions are 0 … T−1 whatever the padding.
         """
         check_lm_inputs("Llama", idx, targets, mask, self.config.block_size)
-        x = self.wte(idx) * self.embed_scale  # (B, T, D)
-        x = self.drop(apply_norm(self.embed_norm, x, mask))
-        for block in self.blocks:
-            x = block(x, mask)
-        logits = self.lm_head(apply_norm(self.final_norm, x, mask))  # (B, T, V)
-        return logits, None if targets is None else lm_loss(logits, targets, mask)
+        return decode(self, self.wte(idx) * self.embed_scale, targets, mask)
 
     @torch.no_grad()
     def init_weights(self) -> None:

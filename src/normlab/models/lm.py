@@ -1,10 +1,13 @@
-"""What the causal language models (GPT, Llama) share: input checks and the loss."""
+"""What the causal language models (GPT, Llama) share: input checks, the stack above the
+embeddings, and the loss."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from normlab.models.common import apply_norm
 
 IGNORE_INDEX = -100
 
@@ -38,3 +41,17 @@ def lm_loss(logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tens
     return F.cross_entropy(
         logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
     )
+
+
+def decode(model: nn.Module, x: Tensor, targets: Tensor | None, mask: Tensor | None
+           ) -> tuple[Tensor, Tensor | None]:
+    """From the embedded tokens x (B, T, D) to (logits (B, T, V), loss or None): the optional
+    embedding norm and dropout, every block, the final norm where the scheme has one, the LM
+    head, and `lm_loss` given targets. `model` holds `embed_norm`, `drop`, `blocks`,
+    `final_norm` and `lm_head`."""
+    x = model.drop(apply_norm(model.embed_norm, x, mask))
+    for block in model.blocks:
+        x = block(x, mask)
+    logits = model.lm_head(apply_norm(model.final_norm, x, mask))  # (B, T, V)
+    return logits, None if targets is None else lm_loss(logits, targets, mask)
+
