@@ -121,6 +121,16 @@ def test_latest_pointer_pruning_and_leftover_temp(tmp_path):
     assert checkpoint.latest(tmp_path / "nothing") is None
 
 
+def test_pruning_never_removes_the_newest_and_drops_a_replaced_history(tmp_path):
+    model, opt = trained()
+    for step in (2, 4, 6):
+        save(tmp_path, model, opt, step=step, keep=3)
+    save(tmp_path, model, opt, step=3, keep=3)  # a history that went on from step 2 again
+    folders = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
+    assert folders == ["step_0000002", "step_0000003"]
+    assert checkpoint.latest(tmp_path).name == "step_0000003"
+
+
 def test_optimizer_structure_round_trip_keeps_tuples():
     _, opt = trained()
     tensors, structure = checkpoint.flatten_optimizer(opt.state_dict())

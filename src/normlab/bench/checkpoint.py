@@ -197,9 +197,9 @@ def _prune(folder: Path, newest: Path, keep: int) -> None:
     remove the rest, including any of a later step (left by a history this run replaced)."""
     others = sorted(p for p in folder.glob("step_*") if p.is_dir() and p != newest)
     earlier = [p for p in others if p.name < newest.name]
-    keep_set = set(earlier[len(earlier) - (keep - 1):] if keep > 1 else [])
+    kept = set(earlier[-(keep - 1):]) if keep > 1 else set()
     for old in others:
-        if old not in keep_set:
+        if old not in kept:
             shutil.rmtree(old)
 
 

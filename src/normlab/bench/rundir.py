@@ -65,24 +65,20 @@ def _is_normlab_output(path: Path) -> bool:
         or (path / SWEEP_MARKER).is_file()
 
 
-def _empty_for_overwrite(path: Path) -> None:
-    """Remove a run or sweep folder that normlab wrote; refuse anything else."""
-    if not path.exists():
-        return
-    if not path.is_dir():
-        raise ValueError(f"--out {path} is a file, not a directory")
-    if any(path.iterdir()) and not _is_normlab_output(path):
-        raise ValueError(f"--out {path} is not empty and holds no normlab run or sweep; "
-                         "refusing to overwrite it (choose another --out)")
-    shutil.rmtree(path)
-
-
 def _refuse_foreign(path: Path) -> None:
+    """Refuse an `--out` that is a file, or a non-empty folder that normlab did not write."""
     if path.exists() and not path.is_dir():
         raise ValueError(f"--out {path} is a file, not a directory")
     if path.is_dir() and any(path.iterdir()) and not _is_normlab_output(path):
         raise ValueError(f"--out {path} is not empty and holds no normlab run or sweep; "
-                         "choose an empty or new directory")
+                         "choose an empty or new directory (--overwrite never removes it)")
+
+
+def _empty_for_overwrite(path: Path) -> None:
+    """Remove a run or sweep folder that normlab wrote; refuse anything else."""
+    _refuse_foreign(path)
+    if path.exists():
+        shutil.rmtree(path)
 
 
 def saved_config(run_dir: Path) -> dict[str, Any]:

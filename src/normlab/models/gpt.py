@@ -21,7 +21,7 @@ from normlab.blocks import Attention, Block, resolve_layout
 from normlab.blocks.attention import check_qk_norm, qk_attention
 from normlab.blocks.init import init_block, init_embedding, init_linear
 from normlab.models.common import StackConfig, count_params
-from normlab.models.lm import check_lm_inputs, decode
+from normlab.models.lm import attach_head, check_lm_inputs, decode
 from normlab.norms import make_norm
 
 
@@ -89,10 +89,7 @@ class GPT(nn.Module):
             )
             for placement in self.layout.blocks
         )
-        self.final_norm = make_norm(c.norm, c.dim, **outside) if self.layout.final_norm else None
-        self.lm_head = nn.Linear(c.dim, c.vocab_size, bias=False)
-        if c.tie_embeddings:
-            self.lm_head.weight = self.wte.weight
+        attach_head(self, c, outside)
         self.embed_scale = math.sqrt(c.dim) if self.layout.scale_embeddings else 1.0
         gain = c.embed_gain_init
         self.embed_gain = None if gain is None else nn.Parameter(torch.tensor(float(gain)))

@@ -31,7 +31,7 @@ from normlab.blocks.attention import check_kv_heads, check_qk_norm, qk_attention
 from normlab.blocks.init import init_block, init_embedding, init_linear
 from normlab.blocks.rotary import check_rotary_head_dim
 from normlab.models.common import StackConfig, count_params
-from normlab.models.lm import check_lm_inputs, decode
+from normlab.models.lm import attach_head, check_lm_inputs, decode
 from normlab.norms import make_norm
 
 
@@ -142,10 +142,7 @@ class Llama(nn.Module):
             )
             for placement in self.layout.blocks
         )
-        self.final_norm = make_norm(c.norm, c.dim, **outside) if self.layout.final_norm else None
-        self.lm_head = nn.Linear(c.dim, c.vocab_size, bias=False)
-        if c.tie_embeddings:
-            self.lm_head.weight = self.wte.weight
+        attach_head(self, c, outside)
         self.embed_scale = c.embed_multiplier * (
             math.sqrt(c.dim) if self.layout.scale_embeddings else 1.0
         )
@@ -154,12 +151,8 @@ class Llama(nn.Module):
     def forward(
         self, idx: Tensor, targets: Tensor | None = None, mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        """Logits (B, T, V) and, given targets, the mean cross-entropy over real positions.
-
-        `mask` (B, T) is True on real tokens: padded positions are left out of every
-        batch-statistics norm, of attention (as keys) and of the loss. Targets equal to -100
-        are ignored as well. Rotary positions are 0 … T−1 whatever the padding.
-        """
+        """Logits and loss as `GPT.forward` (the same `mask` and -100 rules); rotary positions
+        are 0 … T−1 whatever the padding."""
         check_lm_inputs("Llama", idx, targets, mask, self.config.block_size)
         return decode(self, self.wte(idx) * self.embed_scale, targets, mask)
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normlab.models.common import apply_norm
+from normlab.norms import make_norm
 
 IGNORE_INDEX = -100
 
@@ -41,6 +42,17 @@ def lm_loss(logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tens
     return F.cross_entropy(
         logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
     )
+
+
+def attach_head(model: nn.Module, config, outside_norm_kwargs: dict) -> None:
+    """Give a decoder LM its final norm (where the scheme has one) and its bias-free LM head,
+    tied to the token embedding `model.wte` when `config.tie_embeddings`."""
+    c = config
+    model.final_norm = (make_norm(c.norm, c.dim, **outside_norm_kwargs)
+                        if model.layout.final_norm else None)
+    model.lm_head = nn.Linear(c.dim, c.vocab_size, bias=False)
+    if c.tie_embeddings:
+        model.lm_head.weight = model.wte.weight
 
 
 def decode(model: nn.Module, x: Tensor, targets: Tensor | None, mask: Tensor | None
