@@ -6,8 +6,9 @@ Writes report.md (a table ranked by mean final validation loss), report.json (th
 numbers) and plots/*.png: training and validation loss curves per arm, final validation loss
 as dots with 95 % intervals over seeds, and tokens/s and peak tensor memory relative to the
 pre-LN layernorm baseline from the sweep's timing pass (bench/timing.py), with their range over
-rounds. An arm is named best only when its interval lies below the runner-up's (`verdict`);
-otherwise the report says that no arm is better than the noise. Runs are grouped into arms by
+its back-to-back (arm, baseline) pairs. An arm is named best only when its interval lies
+below the runner-up's (`verdict`); otherwise the report says that no arm is better than the
+noise. Runs are grouped into arms by
 their config without `train.seed` (and `train.diagnose_every`, which changes no number of the
 run); diverged and failed runs are flagged. Runs that recorded
 diagnostics.jsonl add a "What normalization did" section: residual-stream variance and

@@ -39,8 +39,8 @@ from normlab.bench.runtime import Runtime
 def run_sweep(arms: list[tuple[str, RunConfig]], out: Path, *, console: Console | None = None,
               show_progress: bool = True, overwrite: bool = False, timing_rounds: int = 3,
               runtime: Runtime | None = None) -> dict[str, Any] | None:
-    """Train each (name, config) into OUT/arms/<name>, time the arms (`timing_rounds` rounds;
-    0 skips it) and return the report table.
+    """Train each (name, config) into OUT/arms/<name>, time each arm against the baseline
+    (`timing_rounds` back-to-back pairs; 0 skips it) and return the report table.
 
     Under torchrun every rank calls this; only the main rank writes files, and the others
     return None (the timing pass, a single-process measurement, is skipped under torchrun).
