@@ -1,16 +1,19 @@
-"""Training tokens/s of normlab's GPT against a HuggingFace GPT2LMHeadModel of the same size.
+"""Training tokens/s of normlab's GPT or Llama against the `transformers` model of the same size.
 
-    python benchmarks/bench_training_throughput.py             # depth 4, width 128, T 256
-    python benchmarks/bench_training_throughput.py --quick     # a smoke run
+    python benchmarks/bench_training_throughput.py                 # GPT vs GPT2LMHeadModel
+    python benchmarks/bench_training_throughput.py --model llama   # Llama vs LlamaForCausalLM
+    python benchmarks/bench_training_throughput.py --quick         # a smoke run
 
-Both models are built with random weights (no download): byte vocabulary (256), tied LM head,
-learned positions, pre-LN LayerNorm blocks with a 4x GELU MLP and biases, no dropout, attention
-through scaled_dot_product_attention (HuggingFace: attn_implementation="sdpa"). One timed step
-is the same for both: forward with targets (mean cross-entropy), backward, AdamW step,
-zero_grad. Rounds alternate the two models (--steps steps each per round, after --warmup
-rounds), so drift hits both alike; tokens/s is the median over --repeats rounds, with the
-10th/90th percentiles, and the ratio normlab / HuggingFace of the medians. Rows are appended
-to benchmarks/results/training_throughput.csv; the last line is a JSON summary.
+Both models are built with random weights (no download), byte vocabulary (256), no dropout,
+attention through scaled_dot_product_attention (HuggingFace: attn_implementation="sdpa").
+`gpt`: tied LM head, learned positions, Pre-LN LayerNorm blocks with a 4x GELU MLP and biases.
+`llama`: normlab's Llama under Pre-LN RMSNorm (RoPE, SwiGLU, no biases, untied head, --kv-heads
+key/value heads) and its exact `transformers` twin (`normlab.hf.to_hf`). One timed step is the
+same for both: forward with targets (mean cross-entropy), backward, AdamW step, zero_grad.
+Rounds alternate the two models (--steps steps each per round, after --warmup rounds), so drift
+hits both alike; tokens/s is the median over --repeats rounds, with the 10th/90th percentiles,
+and the ratio normlab / HuggingFace of the medians. Rows are appended to
+benchmarks/results/training_throughput_<model>.csv; the last line is a JSON summary.
 """
 
 from __future__ import annotations
@@ -31,13 +34,22 @@ import transformers
 from torch import nn
 
 from benchenv import cpu_model
-from normlab.models import GPT, GPTConfig
+from normlab.hf import to_hf
+from normlab.models import GPT, GPTConfig, Llama, LlamaConfig
 
-RESULTS = Path(__file__).resolve().parent / "results" / "training_throughput.csv"
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def build(args: argparse.Namespace, device: torch.device) -> dict[str, nn.Module]:
-    torch.manual_seed(0)
+def build_llama(args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
+    ours = Llama(LlamaConfig(vocab_size=256, block_size=args.seq, depth=args.depth,
+                             dim=args.dim, heads=args.heads, kv_heads=args.kv_heads,
+                             norm="rmsnorm", placement="pre", dropout=0.0))
+    theirs = to_hf(ours)
+    theirs.config._attn_implementation = "sdpa"
+    return ours, theirs
+
+
+def build_gpt(args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
     ours = GPT(GPTConfig(vocab_size=256, block_size=args.seq, depth=args.depth, dim=args.dim,
                          heads=args.heads, mlp_ratio=4.0, norm="layernorm", placement="pre",
                          dropout=0.0, bias=True, tie_embeddings=True))
@@ -48,8 +60,13 @@ def build(args: argparse.Namespace, device: torch.device) -> dict[str, nn.Module
         bos_token_id=0, eos_token_id=0,
     )
     hf_config._attn_implementation = "sdpa"
-    theirs = transformers.GPT2LMHeadModel(hf_config)
-    return {"normlab": ours.to(device).train(), "hf_gpt2": theirs.to(device).train()}
+    return ours, transformers.GPT2LMHeadModel(hf_config)
+
+
+def build(args: argparse.Namespace, device: torch.device) -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    ours, theirs = (build_llama if args.model == "llama" else build_gpt)(args)
+    return {"normlab": ours.to(device).train(), "hf": theirs.to(device).train()}
 
 
 def make_step(name: str, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]):
@@ -75,9 +92,11 @@ def make_step(name: str, model: nn.Module, batch: tuple[torch.Tensor, torch.Tens
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("gpt", "llama"), default="gpt")
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--kv-heads", type=int, default=2, help="the Llama's key/value heads")
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5, help="steps per model per round")
@@ -127,18 +146,20 @@ def main() -> int:
         summary[name] = {"median": statistics.median(values), "p10": q[0], "p90": q[-1]}
         print(f"{name:8s} tokens/s median {summary[name]['median']:12,.0f}  "
               f"p10 {q[0]:12,.0f}  p90 {q[-1]:12,.0f}")
-    ratio = summary["normlab"]["median"] / summary["hf_gpt2"]["median"]
-    print(f"ratio normlab / hf_gpt2: {ratio:.3f}")
-    row = {**env, "depth": args.depth, "dim": args.dim, "heads": args.heads, "seq": args.seq,
+    ratio = summary["normlab"]["median"] / summary["hf"]["median"]
+    print(f"ratio normlab / hf ({type(models['hf']).__name__}): {ratio:.3f}")
+    row = {**env, "model": args.model, "depth": args.depth, "dim": args.dim,
+           "heads": args.heads, "seq": args.seq,
            "batch": args.batch, "params_normlab": params["normlab"],
-           "params_hf": params["hf_gpt2"],
+           "params_hf": params["hf"],
            "normlab_tok_s": round(summary["normlab"]["median"]),
-           "hf_tok_s": round(summary["hf_gpt2"]["median"]), "ratio": round(ratio, 4),
+           "hf_tok_s": round(summary["hf"]["median"]), "ratio": round(ratio, 4),
            "repeats": args.repeats, "steps_per_round": args.steps}
     if not args.no_save:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        new = not RESULTS.exists()
-        with RESULTS.open("a", newline="") as handle:
+        results = RESULTS / f"training_throughput_{args.model}.csv"
+        results.parent.mkdir(parents=True, exist_ok=True)
+        new = not results.exists()
+        with results.open("a", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(row))
             if new:
                 writer.writeheader()

@@ -115,9 +115,10 @@ def test_norm_kernels(tmp_path):
     assert len(csv.read_text().splitlines()) > 1
 
 
-@pytest.mark.parametrize("script", ["bench_surgery.py", "bench_training_throughput.py"])
-def test_quick_runs_print_ratios(script):
-    summary = json.loads(run(script, "--quick", "--no-save").strip().splitlines()[-1])
+@pytest.mark.parametrize("command", [["bench_surgery.py"], ["bench_training_throughput.py"],
+                                     ["bench_training_throughput.py", "--model", "llama"]])
+def test_quick_runs_print_ratios(command):
+    summary = json.loads(run(*command, "--quick", "--no-save").strip().splitlines()[-1])
     assert summary and all(v > 0 for v in summary.values())
 
 

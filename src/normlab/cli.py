@@ -2,7 +2,7 @@
 
     normlab zoo                                   # every registered norm, with its facts
     normlab bench --preset quick [--set k=v ...]  # train every arm of a sweep, then report
-    normlab train --preset smoke [--set k=v ...]  # one run (or --resume RUN_DIR)
+    normlab train --preset smoke [--set k=v ...]  # one run (--resume RUN_DIR, --init-from HF_DIR)
     normlab report RUN_DIR...                     # redraw tables and plots from the JSON
     normlab diagnose (--preset NAME | --gpt | --model DIR) --out DIR   # layer-by-layer metrics
     normlab convert SRC_DIR --to rmsnorm|crmsnorm|fold --out DST_DIR  # exact norm surgery
@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     _bench_options(train)
     train.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                        help="continue the run in RUN_DIR from its latest checkpoint")
+    train.add_argument("--init-from", type=Path, default=None, metavar="HF_DIR",
+                       help="start from the weights and architecture of a transformers folder "
+                            "(Llama, Qwen3, OLMo-2 or GPT-2 with a byte vocabulary, e.g. one "
+                            "`normlab export` wrote); the preset gives data and schedule")
     train.set_defaults(func=commands.train)
     report = sub.add_parser("report", help="redraw report.md and plots from run directories")
     report.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR",

@@ -17,13 +17,13 @@ def test_presets_are_listed_and_load():
         assert isinstance(cfg, RunConfig) and sweep
 
 
-def test_quick_preset_compares_five_placements_by_three_norms():
+def test_quick_preset_compares_six_placements_by_three_norms_on_the_llama():
     cfg, sweep = load_preset("quick")
     arms = expand(cfg, sweep)
     pairs = {(c.placement.name, c.norm.name) for _, c in arms}
-    assert pairs == {(p, n) for p in ("pre", "post", "peri", "mix", "lns")
+    assert pairs == {(p, n) for p in ("pre", "post", "peri", "mix", "lns", "olmo2")
                      for n in ("layernorm", "rmsnorm", "dyt")}
-    assert len(arms) == 15 and cfg.model.kind == "gpt" and cfg.data.source == "stdlib"
+    assert len(arms) == 18 and cfg.model.kind == "llama" and cfg.data.source == "stdlib"
     assert "pre-layernorm-s0" in [name for name, _ in arms]
 
 

@@ -1,4 +1,5 @@
-"""The Llama presets: every arm builds the Llama; llama-quick is quick's sweep plus olmo2."""
+"""The Llama presets: every arm builds the Llama; quick is gpt-quick's comparison on the Llama
+plus OLMo-2's reordered norm."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from normlab.bench.presets import expand, list_presets, load_preset
 from normlab.models import Llama
 
 
-@pytest.mark.parametrize("name", ["llama-smoke", "llama-quick"])
+@pytest.mark.parametrize("name", ["llama-smoke", "quick"])
 def test_llama_presets_build_the_llama(name):
     assert name in list_presets()
     cfg, sweep = load_preset(name)
@@ -18,12 +19,13 @@ def test_llama_presets_build_the_llama(name):
         assert isinstance(build_model(arm), Llama)
 
 
-def test_llama_quick_is_quick_on_the_llama():
-    quick, quick_sweep = load_preset("quick")
-    llama, llama_sweep = load_preset("llama-quick")
-    assert llama_sweep["placement.name"] == [*quick_sweep["placement.name"], "olmo2"]
-    assert llama_sweep["norm.name"] == quick_sweep["norm.name"]
-    for section in ("data", "optim", "schedule", "train"):
-        assert getattr(llama, section) == getattr(quick, section), section
+def test_quick_is_gpt_quick_on_the_llama():
+    gpt, gpt_sweep = load_preset("gpt-quick")
+    llama, llama_sweep = load_preset("quick")
+    assert llama_sweep["placement.name"] == [*gpt_sweep["placement.name"], "olmo2"]
+    assert llama_sweep["norm.name"] == gpt_sweep["norm.name"]
+    for section in ("data", "optim"):
+        assert getattr(llama, section) == getattr(gpt, section), section
+    assert llama.recipes == gpt.recipes
     assert (llama.model.depth, llama.model.dim, llama.model.heads) == (4, 64, 4)
     assert build_model(expand(llama, {})[0][1]).config.mlp_hidden == 176  # 8/3·64 → ×16

@@ -13,6 +13,7 @@ from normlab.bench import distributed as D
 from normlab.bench import train as training
 from normlab.bench.config import RunConfig
 from normlab.bench.metrics import read_json
+from normlab.bench.model import check_init_from, hf_architecture
 from normlab.bench.presets import expand, load_preset, resolve
 from normlab.bench.report import write_report
 from normlab.bench.runtime import Runtime
@@ -69,9 +70,9 @@ def train(args: argparse.Namespace) -> int:
     """Exit 0 when the run completed, 1 when it diverged."""
     console = Console()
     if args.resume is not None:
-        if args.preset or args.overrides or args.out or args.overwrite:
+        if args.preset or args.overrides or args.out or args.overwrite or args.init_from:
             raise ValueError("--resume takes its config from RUN_DIR/config.json; drop "
-                             "--preset, --set, --out and --overwrite")
+                             "--preset, --set, --init-from, --out and --overwrite")
         config_path = args.resume / "config.json"
         if not config_path.is_file():
             raise ValueError(f"{config_path} does not exist; is {args.resume} a run directory?")
@@ -79,10 +80,12 @@ def train(args: argparse.Namespace) -> int:
         rt, out = _setup(cfg, args.resume, "")
     else:
         preset = _require_preset(args)
-        cfg, sweep = load_preset(preset, args.overrides)
+        architecture = hf_architecture(str(args.init_from)) if args.init_from else []
+        cfg, sweep = load_preset(preset, [*architecture, *args.overrides])
         pinned = {key: values[:1] for key, values in sweep.items()}
         if pinned:
             (_, cfg), = expand(cfg, pinned)
+        check_init_from(cfg)
         rt, out = _setup(cfg, args.out, preset)
         if pinned and rt.dist.is_main:
             console.print("normlab train: one run; sweep axes pinned to their first value: "

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from normlab import configs
+from normlab.norms import get_norm_class
 
 
 @dataclass
@@ -29,6 +30,8 @@ class ModelConfig:
     `embed_gain_init` (None = off) starts a learnable scalar on the
     token embeddings (`GPTConfig.embed_gain_init`): DyT's LLaMA recipe, which lifts the
     N(0, 0.02) embedding stream into tanh's active range.
+    `init_from` (None = random init) is a `transformers` folder whose weights start the run
+    (`normlab train --init-from DIR` sets it and the architecture fields to the folder's).
     """
 
     kind: Literal["gpt", "vit", "llama"] = "gpt"
@@ -51,14 +54,17 @@ class ModelConfig:
     init_std: float = 0.02
     scale_out_proj_by_depth: bool = False
     embed_scale: float | Literal["sqrt_dim"] = 1.0
+    init_from: str | None = None
 
 
 @dataclass
 class NormConfig:
-    """The normalization: a name from `normlab.list_norms()` and its keyword arguments."""
+    """The normalization: a name from `normlab.list_norms()`, its keyword arguments, and
+    arguments by position ("attn", "mlp", "outside": `StackConfig.norm_kwargs_by_position`)."""
 
     name: str = "layernorm"
     kwargs: dict[str, Any] = field(default_factory=dict)
+    kwargs_by_position: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -149,7 +155,13 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
-    """Everything one training run depends on; saved as config.json in the run directory."""
+    """Everything one training run depends on; saved as config.json in the run directory.
+
+    `recipes` maps a norm name to the model and norm fields its paper sets for this kind of
+    model, e.g. {"dyt": {"model.embed_gain_init": 8.0, "norm.kwargs": {"alpha_init": 1.0}}}:
+    an arm whose `norm.name` is a key builds its model with those values (`with_recipe`).
+    Keys are `model.<field>`, `norm.kwargs` and `norm.kwargs_by_position`.
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     norm: NormConfig = field(default_factory=NormConfig)
@@ -160,6 +172,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -173,6 +186,37 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     `normlab.configs`); a `RunConfig` is also checked by `validate`."""
     cfg = configs.from_dict(cls, data, prefix)
     return validate(cfg) if cls is RunConfig else cfg
+
+
+RECIPE_FIELDS = ("norm.kwargs", "norm.kwargs_by_position",
+                 *(f"model.{f.name}" for f in dataclasses.fields(ModelConfig)
+                   if f.name not in ("kind", "init_from")))
+
+
+def with_recipe(cfg: RunConfig) -> RunConfig:
+    """A copy of `cfg` with the recipe of its norm (`cfg.recipes[cfg.norm.name]`) applied."""
+    recipe = cfg.recipes.get(cfg.norm.name.lower(), {})
+    if not recipe:
+        return cfg
+    out = configs.from_dict(RunConfig, cfg.to_dict())
+    for key, value in recipe.items():
+        configs.set_field(out, key, value)
+    return out
+
+
+def _check_recipes(recipes: dict[str, dict[str, Any]]) -> None:
+    for norm, recipe in recipes.items():
+        if norm != norm.lower():
+            raise ValueError(f"recipes: norm names are lower case; write {norm.lower()!r}")
+        get_norm_class(norm)  # ValueError listing the known names
+        if not isinstance(recipe, dict):
+            raise ValueError(f"recipes.{norm} must map fields to values, got {recipe!r}")
+        for key, value in recipe.items():
+            if key not in RECIPE_FIELDS:
+                raise ValueError(f"recipes.{norm}: {key!r} cannot be set by a recipe; "
+                                 "a recipe sets model.<field>, norm.kwargs or "
+                                 "norm.kwargs_by_position")
+            configs.set_field(RunConfig(), key, value)  # type-checks the value
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -191,6 +235,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     for name, value in positive.items():
         if value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
+    _check_recipes(cfg.recipes)
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise ValueError(f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}")
     if cfg.schedule.warmup_steps < 0 or not 0.0 <= cfg.schedule.min_lr_ratio <= 1.0:

@@ -7,6 +7,8 @@ A preset is a YAML file in `normlab/bench/presets/` (or a path to one) whose key
 `RunConfig`. An optional `sweep:` mapping turns it into a grid: each key is a dotted field name
 and each value a list; the arms are the Cartesian product, in the order written. An override
 of a swept field with a single value pins that axis; an override with a list makes it an axis.
+An optional `recipes:` mapping gives a norm the settings its paper uses (`RunConfig.recipes`);
+an override of a field that a recipe sets takes that field out of every recipe.
 
 Every config that leaves this module has passed both checks: the bench's own rules
 (`config.validate`) and the model's, by building its model config (`model.model_config`), so
@@ -18,6 +20,7 @@ and line.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -71,8 +74,10 @@ def list_presets() -> list[str]:
 Sweep = dict[str, list[Any]]
 
 
-def load_preset(name: str, overrides: list[str] = ()) -> tuple[RunConfig, Sweep]:
-    """The base config and the sweep axes of a preset, with `overrides` applied."""
+def load_preset(name: str, overrides: Sequence[str | tuple[str, Any]] = ()
+                ) -> tuple[RunConfig, Sweep]:
+    """The base config and the sweep axes of a preset, with `overrides` applied in order:
+    `key=value` texts as on the command line, or (key, value) pairs already parsed."""
     path = preset_path(name)
     raw = _read_yaml(path) or {}
     if not isinstance(raw, dict):
@@ -85,13 +90,15 @@ def load_preset(name: str, overrides: list[str] = ()) -> tuple[RunConfig, Sweep]
         if not isinstance(values, list) or not values:
             raise ValueError(f"sweep.{key}: expected a non-empty list, got {values!r}")
         sweep[key] = list(values)
-    for text in overrides:
-        key, value = parse_override(text)
+    for override in overrides:
+        key, value = parse_override(override) if isinstance(override, str) else override
         if isinstance(value, list):
             sweep[key] = value
         else:
             set_field(cfg, key, value)
             sweep.pop(key, None)
+        for recipe in cfg.recipes.values():  # what the user sets wins over a recipe
+            recipe.pop(key, None)
     return check(cfg), sweep
 
 

@@ -45,7 +45,7 @@ from normlab.bench.config import RunConfig
 from normlab.bench.data import load_data
 from normlab.bench.diagnostics import FILE, TrainingDiagnostics
 from normlab.bench.metrics import read_metrics, summarize, write_atomic, write_metrics
-from normlab.bench.model import build_model
+from normlab.bench.model import build_model, load_initial_weights
 from normlab.bench.optim import (
     classifier_parameters,
     clip_gradients_,
@@ -114,8 +114,12 @@ class LoopState:
     records: list[dict[str, Any]] = field(default_factory=list)
 
 
-def prepare(cfg: RunConfig, rt: Runtime, run_dir: Path) -> Session:
-    """Data, model (wrapped for DDP/FSDP), optimizer, clipping sets and the data generator."""
+def prepare(cfg: RunConfig, rt: Runtime, run_dir: Path, *, fresh: bool = True) -> Session:
+    """Data, model (wrapped for DDP/FSDP), optimizer, clipping sets and the data generator.
+
+    A `fresh` run starts from `model.init_from`'s weights when it names a folder; a resumed
+    one takes every weight from its checkpoint.
+    """
     if rt.fsdp(cfg) and cfg.optim.agc is not None:
         raise ValueError("optim.agc needs whole rows and vectors on each rank, but "
                          "train.parallel=fsdp shards them; use train.parallel=ddp or "
@@ -123,7 +127,10 @@ def prepare(cfg: RunConfig, rt: Runtime, run_dir: Path) -> Session:
     precision = resolve_precision(cfg.precision, rt.device)
     torch.manual_seed(cfg.train.seed)
     data = load_data(cfg.data)
-    model = build_model(cfg).to(rt.device)
+    model = build_model(cfg)
+    if fresh:
+        load_initial_weights(model, cfg)
+    model = model.to(rt.device)
     num_params = sum(p.numel() for p in model.parameters())
     replicated = rt.replicated_params(model, cfg)
     wrapped = rt.wrap(model, cfg, replicated)
@@ -352,8 +359,8 @@ def run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: bool 
         saved = json.loads(summary_path.read_text())
         if saved.get("status") in FINISHED:
             return saved
-    s = prepare(cfg, rt, run_dir)
     latest = checkpoint.latest(run_dir) if resume else None
+    s = prepare(cfg, rt, run_dir, fresh=latest is None)
     state = restore(s, latest) if latest is not None else LoopState()
     if rt.dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from normlab.hf.families import FAMILIES, Family, check_layout, check_norms
-from normlab.models import GPT, Llama
+from normlab.models import GPT, GPTConfig, Llama, LlamaConfig
 
 NATIVE_PAIRS = ("placement pre with qk_norm None (Llama) or 'per_head' (Qwen3), "
                 "placement olmo2 with qk_norm 'across_heads' (OLMo-2)")
@@ -77,6 +77,17 @@ def _family(config: PretrainedConfig) -> Family:
     return FAMILIES[model_type]
 
 
+def config_from_hf(folder: str | os.PathLike) -> GPTConfig | LlamaConfig:
+    """The normlab model config of a `save_pretrained` folder, read without loading weights.
+
+    Refuses, like `from_hf`, a `model_type` or a config feature normlab cannot express.
+    """
+    if not (Path(folder) / "config.json").is_file():
+        raise ValueError(f"{folder} is not a save_pretrained folder: it has no config.json")
+    config = AutoConfig.from_pretrained(folder)
+    return _family(config).from_hf_config(config)
+
+
 def from_hf(model_or_dir: PreTrainedModel | str | os.PathLike) -> GPT | Llama:
     """normlab's GPT or Llama with the weights and config of a native model or folder.
 
@@ -85,8 +96,7 @@ def from_hf(model_or_dir: PreTrainedModel | str | os.PathLike) -> GPT | Llama:
     ValueError naming them. The result is in eval mode, in the source's dtype.
     """
     if isinstance(model_or_dir, str | os.PathLike):
-        config = AutoConfig.from_pretrained(model_or_dir)
-        _family(config).from_hf_config(config)  # refuse before loading any weight
+        config_from_hf(model_or_dir)  # refuse before loading any weight
         hf = AutoModelForCausalLM.from_pretrained(model_or_dir)
     elif isinstance(model_or_dir, PreTrainedModel):
         hf = model_or_dir

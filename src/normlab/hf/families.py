@@ -155,6 +155,9 @@ def _decoder_to_hf_config(family: str) -> Callable[[Llama, float], PretrainedCon
         if c.embed_multiplier != 1.0:
             raise ValueError(f"an embedding scale of {c.embed_multiplier:g} has no native "
                              f"equivalent in {FAMILIES[family].hf_class.__name__}")
+        if model.embed_gain is not None:
+            raise ValueError("the learnable embedding gain (embed_gain_init) has no native "
+                             f"equivalent in {FAMILIES[family].hf_class.__name__}")
         fields = dict(
             vocab_size=c.vocab_size, hidden_size=c.dim, intermediate_size=c.mlp_hidden,
             num_hidden_layers=c.depth, num_attention_heads=c.heads,

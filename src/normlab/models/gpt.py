@@ -21,7 +21,13 @@ from normlab.blocks import Attention, Block, resolve_layout
 from normlab.blocks.attention import check_qk_norm, qk_attention
 from normlab.blocks.init import init_block, init_embedding, init_linear
 from normlab.models.common import StackConfig, count_params
-from normlab.models.lm import attach_head, check_lm_inputs, decode
+from normlab.models.lm import (
+    attach_head,
+    check_embed_gain_init,
+    check_lm_inputs,
+    decode,
+    make_embed_gain,
+)
 from normlab.norms import make_norm
 
 
@@ -34,9 +40,7 @@ class GPTConfig(StackConfig):
         bias: biases in the Linears of the blocks (norms take theirs from `norm_kwargs`).
         tie_embeddings: the LM head shares the token embedding matrix.
         embed_gain_init: if set, a learnable scalar multiplies the token embeddings, starting
-            at this value: DyT's LLaMA recipe uses √D, because an elementwise norm cannot
-            rescale an N(0, 0.02) stream into tanh's active range. At small widths √D·0.02 is
-            still far below 1 (D = 64: 0.16), so larger values may be needed there.
+            at this value (`models.lm.make_embed_gain`: DyT's LLaMA recipe, √D).
         qk_norm, qk_norm_name: QK-norm, "per_head" or "across_heads" (None = off), with the
             model's norm or the one named (`normlab.blocks.GroupedAttention`, docs/models.md).
     """
@@ -57,10 +61,7 @@ class GPTConfig(StackConfig):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive int, got {value!r}")
         check_qk_norm(self.qk_norm, self.qk_norm_name)
-        if self.embed_gain_init is not None and not self.embed_gain_init > 0:
-            raise ValueError(
-                f"GPTConfig.embed_gain_init must be > 0 or None, got {self.embed_gain_init!r}"
-            )
+        check_embed_gain_init("GPTConfig", self.embed_gain_init)
         super().__post_init__()
 
 
@@ -91,8 +92,7 @@ class GPT(nn.Module):
         )
         attach_head(self, c, outside)
         self.embed_scale = math.sqrt(c.dim) if self.layout.scale_embeddings else 1.0
-        gain = c.embed_gain_init
-        self.embed_gain = None if gain is None else nn.Parameter(torch.tensor(float(gain)))
+        self.embed_gain = make_embed_gain(c.embed_gain_init)
         self.init_weights()
 
     def forward(

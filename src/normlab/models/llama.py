@@ -31,7 +31,13 @@ from normlab.blocks.attention import check_kv_heads, check_qk_norm, qk_attention
 from normlab.blocks.init import init_block, init_embedding, init_linear
 from normlab.blocks.rotary import check_rotary_head_dim
 from normlab.models.common import StackConfig, count_params
-from normlab.models.lm import attach_head, check_lm_inputs, decode
+from normlab.models.lm import (
+    attach_head,
+    check_embed_gain_init,
+    check_lm_inputs,
+    decode,
+    make_embed_gain,
+)
 from normlab.norms import make_norm
 
 
@@ -58,6 +64,9 @@ class LlamaConfig(StackConfig):
             with std σ/√(2L); LLaMA does not scale (False).
         embed_scale: a constant multiplier of the token embeddings, or "sqrt_dim" for √D
             (Gemma's); the LM head uses the unscaled matrix.
+        embed_gain_init: if set, a learnable scalar multiplies the token embeddings (after
+            `embed_scale`), starting at this value (`models.lm.make_embed_gain`: DyT's LLaMA
+            recipe, √D).
     """
 
     architecture: ClassVar[str] = "decoder"
@@ -75,6 +84,7 @@ class LlamaConfig(StackConfig):
     init_std: float = 0.02
     scale_out_proj_by_depth: bool = False
     embed_scale: float | Literal["sqrt_dim"] = 1.0
+    embed_gain_init: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "mlp_multiple_of"):
@@ -87,6 +97,7 @@ class LlamaConfig(StackConfig):
         if not self.rope_theta > 0:
             raise ValueError(f"LlamaConfig.rope_theta must be > 0, got {self.rope_theta!r}")
         check_qk_norm(self.qk_norm, self.qk_norm_name)
+        check_embed_gain_init("LlamaConfig", self.embed_gain_init)
         if not self.init_std > 0:
             raise ValueError(f"LlamaConfig.init_std must be > 0, got {self.init_std!r}")
         if self.embed_scale != "sqrt_dim" and (
@@ -146,6 +157,7 @@ class Llama(nn.Module):
         self.embed_scale = c.embed_multiplier * (
             math.sqrt(c.dim) if self.layout.scale_embeddings else 1.0
         )
+        self.embed_gain = make_embed_gain(c.embed_gain_init)
         self.init_weights()
 
     def forward(
@@ -154,7 +166,10 @@ class Llama(nn.Module):
         """Logits and loss as `GPT.forward` (the same `mask` and -100 rules); rotary positions
         are 0 … T−1 whatever the padding."""
         check_lm_inputs("Llama", idx, targets, mask, self.config.block_size)
-        return decode(self, self.wte(idx) * self.embed_scale, targets, mask)
+        tokens = self.wte(idx) * self.embed_scale  # (B, T, D)
+        if self.embed_gain is not None:
+            tokens = tokens * self.embed_gain
+        return decode(self, tokens, targets, mask)
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -167,13 +182,16 @@ class Llama(nn.Module):
         * deepnorm / tfixup: their Xavier recipes, the gate scaled as fc1 (an FFN input
           weight): DeepNorm's β, T-Fixup's (9L)^{-1/4}.
         * gates, head scales: their `Gate.init` / 1; norms (QK norms included) keep their
-          constructor init. An untied LM head gets the base Linear init.
+          constructor init. An untied LM head gets the base Linear init; the learnable
+          embedding gain, if any, starts at `embed_gain_init`.
         """
         c = self.config
         base = self.layout.init
         spec = dataclasses.replace(
             base, std=c.init_std, embed_std=None if base.embed_std is None else c.init_std
         )
+        if self.embed_gain is not None:
+            self.embed_gain.fill_(c.embed_gain_init)
         init_embedding(self.wte.weight, spec, spec.embed_gain)
         out_std = spec.std / math.sqrt(2 * c.depth) if c.scale_out_proj_by_depth else None
         for block in self.blocks:

@@ -34,6 +34,22 @@ def check_lm_inputs(
             )
 
 
+def check_embed_gain_init(config: str, value: float | None) -> None:
+    """ValueError unless `value` (the embedding gain's start) is None or a positive number."""
+    if value is not None and (isinstance(value, bool) or not value > 0):
+        raise ValueError(f"{config}.embed_gain_init must be > 0 or None, got {value!r}")
+
+
+def make_embed_gain(value: float | None) -> nn.Parameter | None:
+    """The learnable scalar on the token embeddings that starts at `value` (None: no gain).
+
+    DyT's LLaMA recipe (Zhu et al., "Transformers without Normalization", CVPR 2025) starts it
+    at √D, because an elementwise norm cannot rescale an N(0, 0.02) stream into tanh's active
+    range; at small widths √D·0.02 is still far below 1 (D = 64: 0.16).
+    """
+    return None if value is None else nn.Parameter(torch.tensor(float(value)))
+
+
 def lm_loss(logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean next-token cross-entropy (in fp32) over the positions where `mask` is True and the
     target is not -100; logits (B, T, V), targets (B, T)."""
