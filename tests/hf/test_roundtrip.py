@@ -130,6 +130,7 @@ def test_numerics_carried_exactly(convert):
         (Llama, {"norm_kwargs": {"eps_outside": True}}, "eps outside the root"),
         (Llama, {"norm_kwargs": {"bias": True}}, "RMSNorm's bias"),
         (Llama, {"embed_scale": 2.0}, "an embedding scale of 2"),
+        (Llama, {"embed_gain_init": 2.0}, "embedding gain .* LlamaForCausalLM"),
         (GPT, {"norm": "rmsnorm"}, "norm 'rmsnorm' .* GPT2LMHeadModel"),
         (GPT, {"placement": "post"}, "placement 'post'"),
         (GPT, {"embed_gain_init": 2.0}, "embedding gain"),

@@ -366,3 +366,20 @@ def test_the_bench_builds_the_llama_by_field_name():
 def test_bench_errors_name_the_fields(fields, message):
     with pytest.raises(ValueError, match=message):
         build_model(bench_config(**fields))
+
+
+def test_learnable_embedding_gain_scales_the_token_embeddings():
+    plain, gained = llama(norm="dyt"), llama(norm="dyt", embed_gain_init=8.0)  # untied head
+    assert plain.embed_gain is None and gained.embed_gain.item() == 8.0
+    with torch.no_grad():
+        plain.wte.weight.mul_(8.0)
+    idx = tokens()
+    assert torch.allclose(plain(idx)[0], gained(idx)[0], atol=1e-6)
+    gained(idx, tokens(seed=2))[1].backward()
+    assert gained.embed_gain.grad.abs() > 0
+    with torch.no_grad():
+        gained.embed_gain.fill_(1.0)
+    gained.init_weights()
+    assert gained.embed_gain.item() == 8.0
+    with pytest.raises(ValueError, match=r"LlamaConfig\.embed_gain_init must be > 0"):
+        LlamaConfig(embed_gain_init=-1.0)

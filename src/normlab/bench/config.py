@@ -83,7 +83,9 @@ class OptimConfig:
     factor λ (None disables it; 0.01 in the paper), applied per unit before the global clip
     and never to the final classifier / LM head. `gate_clip` (0 or None disables it; 0.01 in
     GPAS's 7B runs) clips one joint L2 norm over the gradients of all GPAS gates, after the
-    global clip, as GPAS's `--clip_gate_grad` does.
+    global clip, as GPAS's `--clip_gate_grad` does. `z_loss` (0 = off; 1e-4 in PaLM and
+    Wortsman et al. 2023) adds z_loss·mean((log Z)²) of the output logits to the training
+    objective (`normlab.models.lm.z_loss`); the logged loss stays the cross-entropy.
     """
 
     lr: float = 3e-3
@@ -95,6 +97,7 @@ class OptimConfig:
     agc: float | None = None
     agc_eps: float = 1e-3
     gate_clip: float | None = 0.0
+    z_loss: float = 0.0
 
 
 @dataclass
@@ -244,6 +247,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ValueError("train.spike_threshold and optim.grad_clip must be >= 0 (0 disables)")
     if cfg.optim.agc is not None and cfg.optim.agc <= 0:
         raise ValueError(f"optim.agc must be positive or null, got {cfg.optim.agc}")
+    if not cfg.optim.z_loss >= 0:
+        raise ValueError(f"optim.z_loss must be >= 0 (0 turns it off), got {cfg.optim.z_loss}")
     if cfg.optim.gate_clip is not None and not cfg.optim.gate_clip >= 0:
         raise ValueError(f"optim.gate_clip must be >= 0 or null (0 and null turn it off), "
                          f"got {cfg.optim.gate_clip}")

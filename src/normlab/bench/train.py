@@ -55,6 +55,7 @@ from normlab.bench.optim import (
 )
 from normlab.bench.rundir import claim_run_dir, config_hash, record_run
 from normlab.bench.runtime import Runtime, resolve_precision
+from normlab.models.lm import z_loss
 
 StepCallback = Callable[[int, dict[str, Any]], None]
 FINISHED = ("completed", "diverged")
@@ -249,8 +250,9 @@ def train_step(s: Session, state: LoopState) -> dict[str, Any]:
     inputs, targets = inputs.to(device), targets.to(device)
     with s.probe.watch(done):
         with s.autocast():
-            _, loss = s.wrapped(inputs, targets)
-        (s.scaler.scale(loss) if s.scaler is not None else loss).backward()
+            logits, loss = s.wrapped(inputs, targets)
+        objective = loss + cfg.optim.z_loss * z_loss(logits) if cfg.optim.z_loss else loss
+        (s.scaler.scale(objective) if s.scaler is not None else objective).backward()
     D.average_gradients_(s.replicated, d)
     (loss_value,) = D.all_sum([loss.detach().float().item() / d.world], d)
     if math.isnan(state.initial_loss):

@@ -60,6 +60,14 @@ def lm_loss(logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tens
     )
 
 
+def z_loss(logits: Tensor) -> Tensor:
+    """PaLM's auxiliary loss on the softmax normalizer: mean over positions of (log Z)², with
+    log Z = logsumexp of the logits (..., V), in fp32. Weighted by 1e-4 in PaLM and in Wortsman
+    et al. 2023, it keeps log Z near 0 and so stops the output logits from drifting ("Small-scale
+    proxies for large-scale Transformer training instabilities", arXiv 2309.14322)."""
+    return torch.logsumexp(logits.float(), dim=-1).square().mean()
+
+
 def attach_head(model: nn.Module, config, outside_norm_kwargs: dict) -> None:
     """Give a decoder LM its final norm (where the scheme has one) and its bias-free LM head,
     tied to the token embedding `model.wte` when `config.tie_embeddings`."""
