@@ -84,7 +84,8 @@ def test_recording_leaves_the_training_unchanged(runs):
     assert [b["name"] for b in first["blocks"]] == ["blocks.0", "blocks.1"]
     assert {n["kind"] for n in first["norms"]} == {"layernorm"}
     assert set(first["blocks"][0]) == {"index", "name", "input", "output", "angular_distance",
-                                       "grad"}
+                                       "grad", "max_attention_logit"}
+    assert all(math.isfinite(b["max_attention_logit"]) for b in first["blocks"])
 
 
 def _moments(x):

@@ -42,7 +42,8 @@ from normlab.diagnostics import Recorder, Recording, select_blocks, summarize
 FILE = "diagnostics.jsonl"
 BLOCKS = "blocks.*"  # normlab's GPT and ViT; a glob, so that a single block is found too
 MAX_TOKENS = 1024  # token rows kept per activation: enough for a variance, cheap to copy
-BLOCK_FIELDS = ("index", "name", "input", "output", "angular_distance", "grad")
+BLOCK_FIELDS = ("index", "name", "input", "output", "angular_distance", "grad",
+                "max_attention_logit")
 NORM_FIELDS = ("name", "kind", "stats", "block", "input", "output", "dyt", "batch_stats")
 
 

@@ -132,6 +132,14 @@ def last_profile(run: Run) -> tuple[int, list[float | None], list[float | None]]
     return last["step"], variance, [b["grad"]["params"] for b in blocks]
 
 
+def attention_logit_growth(run: Run) -> tuple[float, float] | None:
+    """(first, last) recording's largest attention logit over the blocks; None without one."""
+    peaks = [max((v for b in d["blocks"] if (v := b.get("max_attention_logit")) is not None),
+                 default=None) for d in run.diagnostics]
+    peaks = [p for p in peaks if p is not None]
+    return (peaks[0], peaks[-1]) if peaks else None
+
+
 def _column_means(rows: list[list[float | None]]) -> list[float | None]:
     """Per position, the mean of the rows' non-null values (None where all are null)."""
     width = max(map(len, rows), default=0)
@@ -150,6 +158,8 @@ def normalization_row(arm: Arm, baseline: Arm | None) -> dict[str, Any] | None:
         "diverged": any(r.status == "diverged" for r in arm.runs),
         "variance": _column_means([variance for _, variance, _ in profiles]),
         "grad_norm": _column_means([grads for _, _, grads in profiles]),
+        "attention_logit": _column_means([list(g) for g in map(attention_logit_growth, arm.runs)
+                                          if g is not None]) or [None, None],
     }
 
 
@@ -198,9 +208,12 @@ def normalization_section(table: dict[str, Any], plot: str | None) -> list[str]:
               "(diagnostics.jsonl; mean over seeds); the table gives block 1 and the last block "
               "L, the plot every block (ℓ = 0 is the input of block 1, the embeddings). Under "
               "Pre-LN nothing normalizes the stream itself, so its variance grows with depth; a "
-              "norm on the residual path (Post-LN) keeps it flat.", ""]
+              "norm on the residual path (Post-LN) keeps it flat. The last column is the "
+              "largest attention logit q·k/√d over the blocks at the first and the last "
+              "recording: its growth is the attention-entropy collapse that QK-norm prevents.",
+              ""]
     header = ["arm", "step", "variance after block 1", "after block L", "× (L / 1)",
-              "‖∂L/∂θ‖ block 1", "‖∂L/∂θ‖ block L", "× (L / 1)"]
+              "‖∂L/∂θ‖ block 1", "‖∂L/∂θ‖ block L", "× (L / 1)", "max attention logit"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         variance, grads = r["variance"][1:] or [None], r["grad_norm"] or [None]
@@ -208,9 +221,12 @@ def normalization_section(table: dict[str, Any], plot: str | None) -> list[str]:
         name = f"**`{r['arm']}`** (baseline)" if r["baseline"] else f"`{r['arm']}`"
         name += " (diverged)" if r["diverged"] else ""
         steps = ", ".join(str(s) for s in sorted(set(r["steps"])))
+        logit_first, logit_last = r.get("attention_logit") or (None, None)
+        logits = "—" if logit_last is None else f"{logit_first:.3g} → {logit_last:.3g}"
         lines.append("| " + " | ".join([
             name, steps, _fmt(first, ".4g"), _fmt(last, ".4g"), _fmt(_ratio(last, first), ".2f"),
             _fmt(g_first, ".3g"), _fmt(g_last, ".3g"), _fmt(_ratio(g_last, g_first), ".2f"),
+            logits,
         ]) + " |")
     lines.append("")
     if plot:

@@ -27,7 +27,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from normlab.blocks.block import Attention
 from normlab.diagnostics import metrics
+from normlab.diagnostics.attention import layer_max_logit
 from normlab.diagnostics.select import (
     Selector,
     block_of,
@@ -101,6 +103,8 @@ class Recording:
     scalars: dict[str, list[dict[str, float]]] = field(default_factory=lambda: defaultdict(list))
     batch_moments: dict[str, list[BatchMoments]] = field(
         default_factory=lambda: defaultdict(list))
+    # block name -> the largest attention logit of its normlab attention layer, one per call
+    attention_logit: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
 
 
 def _eps(module: nn.Module) -> float | None:
@@ -140,7 +144,8 @@ def main_output(output: Any) -> Tensor | None:
 
 
 class Recorder:
-    """Context manager that records block, norm and gradient activity of `model`.
+    """Context manager that records block, norm and gradient activity of `model`, and the
+    largest attention logit of each block's normlab attention layer (`attention.py`).
 
     Args:
         model: any `nn.Module` (normlab's, HuggingFace's, your own).
@@ -231,6 +236,11 @@ class Recorder:
                 for param in block.parameters():
                     if param.requires_grad:
                         self._handles.append(param.register_hook(self._on_param_grad(name)))
+        for name, module in self.model.named_modules():
+            block = block_of(name, self.blocks)
+            if isinstance(module, Attention) and block is not None:
+                self._handles.append(module.register_forward_hook(
+                    self._on_attention(self.blocks[block][0]), with_kwargs=True))
         for name, norm in self.norms:
             self._handles.append(norm.register_forward_pre_hook(
                 self._store_input(self.recording.norm_in, name), with_kwargs=True))
@@ -285,6 +295,14 @@ class Recorder:
     def _on_param_grad(self, name: str):
         def hook(grad: Tensor) -> None:
             self.recording.param_grad_sq[name][self.step] += metrics.l2_norm(grad) ** 2
+        return hook
+
+    def _on_attention(self, block: str):
+        def hook(module: Attention, args: tuple, kwargs: dict, output: Any) -> None:
+            x = main_input(args, kwargs)
+            mask = kwargs.get("mask", args[1] if len(args) > 1 else None)
+            if x is not None:
+                self.recording.attention_logit[block].append(layer_max_logit(module, x, mask))
         return hook
 
     def _on_norm_output(self, name: str, norm: nn.Module):

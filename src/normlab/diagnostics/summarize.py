@@ -75,6 +75,7 @@ def _block_entry(rec: Recording, index: int, name: str, cls: str) -> dict[str, A
         },
         "skip_loss_delta": None,
         "outliers": outliers,
+        "max_attention_logit": max(rec.attention_logit[name], default=None),
     }
 
 
