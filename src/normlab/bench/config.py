@@ -117,7 +117,9 @@ class DataConfig:
     `hf`: a HuggingFace `datasets` name (`hf_name`, `hf_config`, `hf_split`, `text_field`);
     `digits`: scikit-learn's 8x8 digits (for `model.kind = vit`).
     Text is split into train/validation by file (a stable hash of the relative path);
-    `val_fraction` of the files go to validation.
+    `val_fraction` of the files go to validation. `tokenizer`: "bytes" (one token per byte,
+    vocabulary 256), "bpe" (a byte-level BPE of `vocab_size` tokens trained on the training
+    split and cached), or a `tokenizer.json` / a folder holding one (a transformers folder's).
     """
 
     source: Literal["stdlib", "path", "hf", "digits"] = "stdlib"
@@ -131,6 +133,8 @@ class DataConfig:
     batch_size: int = 16
     val_fraction: float = 0.05
     cache_dir: str | None = None
+    tokenizer: str = "bytes"
+    vocab_size: int = 4096
 
 
 @dataclass
@@ -264,6 +268,9 @@ def validate(cfg: RunConfig) -> RunConfig:
                          f"data.source={cfg.data.source!r}")
     if cfg.data.source == "path" and not cfg.data.path:
         raise ValueError("data.source 'path' needs data.path (a text file or a folder)")
+    if cfg.data.tokenizer == "bpe" and cfg.data.vocab_size < 257:
+        raise ValueError(f"data.vocab_size must exceed the 256 bytes a byte-level BPE starts "
+                         f"from, got {cfg.data.vocab_size}")
     if cfg.data.source == "hf" and not cfg.data.hf_name:
         raise ValueError("data.source 'hf' needs data.hf_name (a HuggingFace datasets name)")
     return cfg

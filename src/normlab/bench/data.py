@@ -1,7 +1,8 @@
 """Training data, offline by default: byte-level text for the GPT, 8x8 digits for the ViT.
 
-Text sources become two flat uint8 token streams (train, validation) cached as .bin files, one
-byte per token (vocabulary 256); documents are joined with a 0 byte. The split is by file: a
+Text sources become two flat token streams (train, validation) cached as .bin files: by default
+one byte per token (vocabulary 256), documents joined with a 0 byte; `data.tokenizer` encodes
+them with a BPE instead (`tokenize.py`). The split is by file: a
 file goes to validation when a stable hash (SHA-256) of its relative path falls below
 `val_fraction`, so it does not move when other files are added. A single text file is split by
 position instead (its last `val_fraction` of bytes).
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from normlab.bench import tokenize
 from normlab.bench.config import DataConfig
 
 FORMAT_VERSION = 1
@@ -121,19 +123,29 @@ def _file_list_key(files: list[tuple[str, Path]]) -> list:
 
 
 def load_text(cfg: DataConfig) -> TextCorpus:
-    """The train/validation byte streams of a text source, built once and cached."""
+    """The train/validation token streams of a text source, built once and cached: its bytes,
+    tokenized as `data.tokenizer` says (`normlab.bench.tokenize`)."""
     cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    key, build = _byte_source(cfg)
+    corpus = _cached(cache, key, build)
+    if cfg.tokenizer == tokenize.BYTES:
+        return corpus
+    return _tokenized(cfg, cache, key, corpus)
+
+
+def _byte_source(cfg: DataConfig):
+    """(cache key, build) of the byte streams of `cfg`'s text source."""
     if cfg.source == "stdlib":
         files = stdlib_files()
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
         key = f"stdlib-py{version}-" + _fingerprint(_file_list_key(files), cfg.val_fraction)
-        return _cached(cache, key, _split_files(files, cfg.val_fraction, f"stdlib-py{version}"))
+        return key, _split_files(files, cfg.val_fraction, f"stdlib-py{version}")
     if cfg.source == "path":
         root = Path(cfg.path).expanduser().resolve()
         if root.is_dir():
             files = folder_files(root, cfg.glob)
             key = "path-" + _fingerprint(str(root), _file_list_key(files), cfg.val_fraction)
-            return _cached(cache, key, _split_files(files, cfg.val_fraction, str(root)))
+            return key, _split_files(files, cfg.val_fraction, str(root))
         if not root.is_file():
             raise ValueError(f"data.path {cfg.path!r} is neither a file nor a folder")
         key = "file-" + _fingerprint(str(root), _file_list_key([("", root)]), cfg.val_fraction)
@@ -142,12 +154,33 @@ def load_text(cfg: DataConfig) -> TextCorpus:
             data = root.read_bytes()
             cut = int(len(data) * (1.0 - cfg.val_fraction))
             return data[:cut], data[cut:], {"source": str(root), "train_files": 1, "val_files": 1}
-        return _cached(cache, key, build_file)
+        return key, build_file
     if cfg.source == "hf":
         key = "hf-" + _fingerprint(cfg.hf_name, cfg.hf_config, cfg.hf_split, cfg.text_field,
                                    cfg.val_fraction)
-        return _cached(cache, key, lambda: _build_hf(cfg))
+        return key, lambda: _build_hf(cfg)
     raise ValueError(f"data.source {cfg.source!r} is not a text source")
+
+
+def _tokenized(cfg: DataConfig, cache: Path, key: str, corpus: TextCorpus) -> TextCorpus:
+    """`corpus` encoded with `cfg.tokenizer`, cached under `key` and the tokenizer's
+    fingerprint (a trained BPE is kept there too, as `<key>-bpe<V>.tokenizer.json`)."""
+    tokens = f"{key}-{tokenize.fingerprint(cfg)}"
+    meta_json = cache / f"{tokens}.json"
+    if not meta_json.is_file():
+        train, val = bytes(corpus.train), bytes(corpus.val)
+        tokenizer = tokenize.load(cfg, train, cache / f"{tokens}.tokenizer.json")
+        ids = {split: tokenize.encode(tokenizer, stream)
+               for split, stream in (("train", train), ("val", val))}
+        for split, array in ids.items():
+            _write_atomic(cache / f"{tokens}.{split}.bin", array.tobytes())
+        meta = {**corpus.meta, "tokenizer": cfg.tokenizer, "dtype": str(ids["train"].dtype),
+                "vocab_size": tokenizer.get_vocab_size(with_added_tokens=True),
+                "train_tokens": len(ids["train"]), "val_tokens": len(ids["val"])}
+        _write_atomic(meta_json, json.dumps(meta, indent=2).encode())
+    meta = json.loads(meta_json.read_text())
+    return TextCorpus(*(np.memmap(cache / f"{tokens}.{split}.bin", dtype=meta["dtype"], mode="r")
+                        for split in ("train", "val")), meta)
 
 
 def _build_hf(cfg: DataConfig):
@@ -174,16 +207,17 @@ def _build_hf(cfg: DataConfig):
 
 
 class TextData:
-    """Byte-level language-modelling batches: inputs (B, T) and next-byte targets (B, T)."""
+    """Language-modelling batches: inputs (B, T) and next-token targets (B, T); a token is a
+    byte unless `data.tokenizer` says otherwise."""
 
     kind = "text"
-    vocab_size = 256
     has_accuracy = False
 
     @classmethod
     def model_fields(cls, cfg: DataConfig) -> dict[str, int]:
-        """The model-config fields this data fixes: a byte vocabulary and the window length."""
-        return {"vocab_size": cls.vocab_size, "block_size": cfg.seq_len}
+        """The model-config fields this data fixes: the tokenizer's vocabulary (256 bytes by
+        default) and the window length."""
+        return {"vocab_size": tokenize.vocab_size(cfg), "block_size": cfg.seq_len}
 
     @staticmethod
     def tokens_per_sample(cfg: DataConfig, patch_size: int) -> int:
@@ -194,7 +228,7 @@ class TextData:
         self.seq_len, self.batch_size = cfg.seq_len, cfg.batch_size
         for split, tokens in (("train", self.corpus.train), ("validation", self.corpus.val)):
             if len(tokens) <= self.seq_len + 1:
-                raise ValueError(f"the {split} split has {len(tokens)} bytes, fewer than "
+                raise ValueError(f"the {split} split has {len(tokens)} tokens, fewer than "
                                  f"data.seq_len + 2 = {self.seq_len + 2}; lower data.seq_len")
 
     def _windows(self, tokens: np.ndarray, starts: torch.Tensor) -> Batch:

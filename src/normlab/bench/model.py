@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import warnings
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -96,12 +97,15 @@ def hf_architecture(folder: str) -> list[tuple[str, Any]]:
     """The bench fields that give a run the architecture of the `transformers` folder `folder`.
 
     Every field of its normlab model config (`normlab.hf.config_from_hf`) under its bench name,
-    `model.kind`, `model.init_from` itself, and for a GPT (learned positions) `data.seq_len`.
-    The vocabulary is the data's; `check_init_from` refuses a folder whose vocabulary differs.
+    `model.kind`, `model.init_from` itself, for a GPT (learned positions) `data.seq_len`, and
+    `data.tokenizer` when the folder holds a tokenizer.json and a vocabulary other than bytes.
+    `check_init_from` refuses a folder whose vocabulary is not the data's.
     """
     config = _hf().config_from_hf(folder)
     kind = next(k for k, (config_class, _) in KINDS.items() if type(config) is config_class)
     fields = [("model.kind", kind), ("model.init_from", str(folder))]
+    if config.vocab_size != 256 and (Path(folder) / "tokenizer.json").is_file():
+        fields.append(("data.tokenizer", str(folder)))
     for f in dataclasses.fields(config):
         if f.name == "block_size":
             if kind == "gpt":
@@ -132,8 +136,9 @@ def check_init_from(cfg: RunConfig, source: GPTConfig | LlamaConfig | None = Non
                                  f"{theirs} positions")
         elif f.name == "vocab_size" and mine != theirs:
             raise ValueError(f"{folder} has a vocabulary of {theirs} tokens, the data "
-                             f"{mine} (bytes); model.init_from needs a byte-level model, such "
-                             "as one `normlab export` wrote")
+                             f"{mine} (data.tokenizer={cfg.data.tokenizer!r}); give the model's "
+                             "tokenizer as data.tokenizer, or start from a byte-level model "
+                             "such as one `normlab export` wrote")
         elif mine != theirs:
             raise ValueError(f"{_bench_name(f.name)}={mine!r} differs from {folder}'s "
                              f"{theirs!r}; `--init-from` sets it from the folder: drop the --set")
