@@ -78,3 +78,18 @@ def test_the_report_has_the_section_and_the_plot(tmp_path):
     path = plots.lr_sensitivity(table, tmp_path / "plots" / "lr_sensitivity.png")
     assert path.is_file() and path.stat().st_size > 1000
     assert plots.lr_sensitivity({"lr_sweep": []}, tmp_path / "none.png") is None
+
+
+@pytest.mark.slow
+def test_an_lr_sweep_runs_end_to_end(tmp_path):
+    from normlab import cli
+
+    out = tmp_path / "lr"
+    status = cli.main(["bench", "--preset", "lr-sweep", "--out", str(out), "--no-progress",
+                       "--timing-rounds", "0", "--set", "optim.lr=[1e-3,1e-1]",
+                       "--set", "train.steps=3", "--set", "train.eval_every=3",
+                       "--set", "train.checkpoint_every=3", "--set", "train.eval_batches=1"])
+    assert status == 0
+    text = (out / "report.md").read_text()
+    assert "## Learning-rate sensitivity" in text and "lr_sensitivity.png" in text
+    assert (out / "plots" / "lr_sensitivity.png").is_file()
