@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from normlab.study.runner import SUMMARY
+from normlab.study.runner import SUMMARY, run_study
 from normlab.study.table import BEGIN, END, load_summaries, render, split_doc, update_doc
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,3 +87,13 @@ def test_update_doc_replaces_only_the_block(tmp_path):
     doc.write_text("no markers\n")
     with pytest.raises(ValueError, match="has no table markers"):
         update_doc(doc, table)
+
+
+@pytest.mark.parametrize("preset, folders", [
+    ("claim-8", ["claim-8"]), ("claim-7-powernorm", ["claim-7-powernorm", "claim-7"])])
+def test_the_committed_summaries_come_from_the_committed_runs(tmp_path, preset, folders):
+    for folder in folders:
+        shutil.copytree(DOCS / folder / "arms", tmp_path / folder / "arms")
+    summary = run_study(preset, tmp_path, train=False, announce=lambda _: None)
+    assert (tmp_path / preset / SUMMARY).read_text() == (DOCS / preset / SUMMARY).read_text()
+    assert summary == json.loads((DOCS / preset / SUMMARY).read_text())

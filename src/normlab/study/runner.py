@@ -136,8 +136,8 @@ def claim_summary(claim: Claim, seeds: list[dict[str, Any]], looks) -> dict[str,
 
 
 def run_study(preset: str, root: Path, *, overrides: list[str] = (), budget: int | None = None,
-              alpha: float = DEFAULT_ALPHA, train: bool = True, announce: Announce = print,
-              on_step: Callable[[str, int, dict], None] | None = None) -> dict[str, Any]:
+              alpha: float = DEFAULT_ALPHA, train: bool = True,
+              announce: Announce = print) -> dict[str, Any]:
     """Run (or with `train=False` only read) `preset`'s claims seed by seed; write and return
     ROOT/preset/study.json."""
     study = Study(preset, root, overrides=overrides, budget=budget, alpha=alpha)
@@ -158,9 +158,7 @@ def run_study(preset: str, root: Path, *, overrides: list[str] = (), budget: int
             elif train:
                 announce(f"{preset}: seed {seed}, training {other}/{name}")
                 runtime = runtime or Runtime.start(cfg)
-                step = None if on_step is None else \
-                    (lambda s, r, name=name: on_step(name, s, r))
-                training.run(cfg, run_dir, resume=True, runtime=runtime, on_step=step)
+                training.run(cfg, run_dir, resume=True, runtime=runtime)
             else:
                 missing.append(str(run_dir))
             if train:
