@@ -119,3 +119,15 @@ def test_the_command_runs_then_writes_the_table(tmp_path, preset, capsys):
 def test_bad_command_lines(argv, message, capsys, tmp_path):
     assert cli.main([*argv, "--root", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_interrupted_study_says_how_to_continue(tmp_path, preset, monkeypatch):
+    from normlab.bench import train
+
+    def stop(*args, **kwargs):
+        raise train.RunInterrupted("interrupted")
+
+    monkeypatch.setattr(train, "run", stop)
+    with pytest.raises(train.RunInterrupted, match="run the same `normlab study` command"):
+        run_study(preset, tmp_path, announce=lambda _: None)
+    assert not (tmp_path / "tiny" / SUMMARY).exists()

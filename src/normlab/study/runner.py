@@ -158,7 +158,12 @@ def run_study(preset: str, root: Path, *, overrides: list[str] = (), budget: int
             elif train:
                 announce(f"{preset}: seed {seed}, training {other}/{name}")
                 runtime = runtime or Runtime.start(cfg)
-                training.run(cfg, run_dir, resume=True, runtime=runtime)
+                try:
+                    training.run(cfg, run_dir, resume=True, runtime=runtime)
+                except training.RunInterrupted:
+                    raise training.RunInterrupted(
+                        f"interrupted in {run_dir} (its last step saved); run the same "
+                        "`normlab study` command to continue") from None
             else:
                 missing.append(str(run_dir))
             if train:
