@@ -12,7 +12,9 @@ noise. Runs are grouped into arms by
 their config without `train.seed` (and `train.diagnose_every`, which changes no number of the
 run); diverged and failed runs are flagged. Runs that recorded
 diagnostics.jsonl add a "What normalization did" section: residual-stream variance and
-block gradient norms against depth at each arm's last recording.
+block gradient norms against depth at each arm's last recording. Runs that sweep `optim.lr`
+add a "Learning-rate sensitivity" section: final loss against learning rate per arm and the
+LR sensitivity of Wortsman et al. 2023 (bench/lr_sensitivity.py).
 """
 
 from __future__ import annotations
