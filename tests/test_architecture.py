@@ -12,6 +12,7 @@ The layers, bottom first; a module may import its own layer and the layers below
     surgery, diagnostics, hf        on any nn.Module, and the round trip with transformers
                                     (the loop check keeps them apart)
     bench                           uses everything
+    study                           settles claims through the bench
     the root `normlab`              the public API: only cli imports it
     cli
 
@@ -44,6 +45,7 @@ LAYERS: list[set[str]] = [
     {"models"},
     {"surgery", "diagnostics", "hf"},
     {"bench"},
+    {"study"},
     {ROOT},
     {"cli"},
 ]

@@ -7,6 +7,7 @@
     normlab diagnose (--preset NAME | --gpt | --model DIR) --out DIR   # layer-by-layer metrics
     normlab convert SRC_DIR --to rmsnorm|crmsnorm|fold --out DST_DIR  # exact norm surgery
     normlab export RUN_DIR --out DIR              # a trained run as a transformers folder
+    normlab study CLAIM_PRESET... | --all | --table  # settle claims seed by seed
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from normlab.bench import export as export_command
 from normlab.bench.train import RunInterrupted
 from normlab.diagnostics import command as diagnose_command
 from normlab.diagnostics.command import int_at_least
+from normlab.study import command as study_command
 from normlab.surgery import command as convert_command
 
 
@@ -101,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose_command.add_parser(sub, bench=bench_package)
     convert_command.add_parser(sub)
     export_command.add_parser(sub)
+    study_command.add_parser(sub)
     return parser
 
 

@@ -172,6 +172,42 @@ def normalization(table: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
+def lr_sensitivity(table: dict[str, Any], path: Path) -> Path | None:
+    """Final validation loss against the learning rate (log axis), one curve per arm, from
+    `table["lr_sweep"]` (bench/lr_sensitivity.py): the mean over completed seeds, a red cross
+    at ℓ₀ where a seed diverged. None without an LR sweep."""
+    curves = table.get("lr_sweep") or []
+    if not curves:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    styles = arm_styles(curves)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    crossed = False
+    for curve in curves:
+        points = [(p["lr"], p["val_loss_mean"]) for p in curve["points"]
+                  if p["val_loss_mean"] is not None]
+        sens = curve["lr_sensitivity"]
+        label = curve["arm"] + ("" if sens is None else f" (LR sensitivity {sens:.3f})")
+        if points:
+            ax.plot(*zip(*points, strict=True), label=label, markersize=5,
+                    **styles[curve["arm"]])
+        diverged = [p["lr"] for p in curve["points"] if p["diverged_seeds"]]
+        if diverged and curve["init_loss"] is not None:
+            ax.plot(diverged, [curve["init_loss"]] * len(diverged), linestyle="none",
+                    marker="x", color="red", markersize=9, markeredgewidth=2,
+                    label=None if crossed else "diverged (drawn at ℓ₀)")
+            crossed = True
+    ax.set_xscale("log")
+    ax.set(xlabel="peak learning rate", ylabel="final validation loss (mean over seeds)",
+           title="Learning-rate sensitivity")
+    ax.grid(alpha=0.3, which="both")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def draw_all(arms: list[Arm], table: dict[str, Any], folder: Path) -> list[Path]:
     """Every plot of the report, written into `folder`; returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)

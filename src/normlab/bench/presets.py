@@ -74,16 +74,23 @@ def list_presets() -> list[str]:
 Sweep = dict[str, list[Any]]
 
 
+def read_preset(name: str) -> dict[str, Any]:
+    """The raw mapping of a preset's YAML file (ValueError if it is not a mapping)."""
+    raw = _read_yaml(preset_path(name)) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"preset {name!r} must be a mapping at the top level")
+    return raw
+
+
 def load_preset(name: str, overrides: Sequence[str | tuple[str, Any]] = ()
                 ) -> tuple[RunConfig, Sweep]:
     """The base config and the sweep axes of a preset, with `overrides` applied in order:
-    `key=value` texts as on the command line, or (key, value) pairs already parsed."""
-    path = preset_path(name)
-    raw = _read_yaml(path) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"preset {name!r} must be a mapping at the top level")
+    `key=value` texts as on the command line, or (key, value) pairs already parsed. Its
+    `claims:` section, read by `normlab.study.claims`, plays no part in a run."""
+    raw = read_preset(name)
     sweep_raw = raw.pop("sweep", None) or {}
     raw.pop("description", None)
+    raw.pop("claims", None)
     cfg = from_dict(RunConfig, raw)
     sweep: Sweep = {}
     for key, values in sweep_raw.items():

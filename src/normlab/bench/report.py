@@ -12,7 +12,9 @@ noise. Runs are grouped into arms by
 their config without `train.seed` (and `train.diagnose_every`, which changes no number of the
 run); diverged and failed runs are flagged. Runs that recorded
 diagnostics.jsonl add a "What normalization did" section: residual-stream variance and
-block gradient norms against depth at each arm's last recording.
+block gradient norms against depth at each arm's last recording. Runs that sweep `optim.lr`
+add a "Learning-rate sensitivity" section: final loss against learning rate per arm and the
+LR sensitivity of Wortsman et al. 2023 (bench/lr_sensitivity.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from normlab.bench import plots
+from normlab.bench.lr_sensitivity import lr_curves
 from normlab.bench.metrics import write_atomic
 from normlab.bench.runs import BASELINE, Arm, Run, find_runs, group_arms
 
@@ -174,7 +177,8 @@ def build_table(runs: list[Run]) -> dict[str, Any]:
     profiles = [p for p in (normalization_row(a, baseline) for a in arms) if p is not None]
     return {"baseline": baseline.label if baseline else None, "arms": rows,
             "verdict": verdict(rows),
-            "normalization": sorted(profiles, key=lambda p: order[p["arm"]])}
+            "normalization": sorted(profiles, key=lambda p: order[p["arm"]]),
+            "lr_sweep": lr_curves(runs)}
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:
@@ -268,8 +272,40 @@ def _speed(row: dict[str, Any]) -> str:
     return text + " ≈ noise" if row["speed_within_noise"] else text
 
 
+def lr_sweep_section(table: dict[str, Any], plot: str | None) -> list[str]:
+    """The "Learning-rate sensitivity" lines of report.md ([] without an LR sweep)."""
+    curves = table.get("lr_sweep") or []
+    if not curves:
+        return []
+    lines = ["## Learning-rate sensitivity", "",
+             "Final validation loss against the learning rate, one curve per arm (mean over "
+             "seeds; a diverged run counts as the loss at initialization ℓ₀). LR sensitivity "
+             "(Wortsman et al. 2023) = mean over the grid of min(ℓ(η), ℓ₀) − ℓ*, with ℓ* the "
+             "best loss of the curve: 0 when the arm trains equally well at every rate, about "
+             "ℓ₀ − ℓ* when it trains at one rate only. It is a mean over the grid's points, so "
+             "the grid should be log-spaced.", ""]
+    rates = sorted({p["lr"] for c in curves for p in c["points"]})
+    header = ["arm", "LR sensitivity", "ℓ* (at lr)", "ℓ₀", *(f"lr {r:.3g}" for r in rates)]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for c in curves:
+        at = {p["lr"]: p for p in c["points"]}
+        cells = [f"`{c['arm']}`", _fmt(c["lr_sensitivity"]),
+                 f"{_fmt(c['best_loss'])} ({_fmt(c['best_lr'], '.3g')})", _fmt(c["init_loss"])]
+        for rate in rates:
+            point = at.get(rate)
+            text = "—" if point is None else _fmt(point["val_loss_mean"])
+            if point is not None and point["diverged_seeds"]:
+                text += f" (diverged {len(point['diverged_seeds'])}/{point['runs']})"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    if plot:
+        lines += [f"![{Path(plot).stem}]({plot})", ""]
+    return lines
+
+
 def markdown(table: dict[str, Any], plots: list[str], normalization_plot: str | None = None,
-             ) -> str:
+             lr_plot: str | None = None) -> str:
     rows = table["arms"]
     lines = ["# normlab bench report", "", *_headline(table), ""]
     base = table["baseline"]
@@ -307,6 +343,7 @@ def markdown(table: dict[str, Any], plots: list[str], normalization_plot: str | 
               "not the process's resident set.", ""]
     lines += [f"![{Path(p).stem}]({p})" for p in plots]
     lines += ["", *normalization_section(table, normalization_plot)]
+    lines += lr_sweep_section(table, lr_plot)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -318,8 +355,10 @@ def write_report(paths: list[Path], out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     drawn = plots.draw_all(group_arms(runs), table, out / "plots")
     profile = plots.normalization(table, out / "plots" / "normalization.png")
+    lr_plot = plots.lr_sensitivity(table, out / "plots" / "lr_sensitivity.png")
     write_atomic(out / "report.json", json.dumps(table, indent=2) + "\n")
     write_atomic(out / "report.md", markdown(
         table, [p.relative_to(out).as_posix() for p in drawn],
-        profile.relative_to(out).as_posix() if profile else None))
+        profile.relative_to(out).as_posix() if profile else None,
+        lr_plot.relative_to(out).as_posix() if lr_plot else None))
     return table
