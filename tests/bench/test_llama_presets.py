@@ -4,6 +4,7 @@ plus OLMo-2's reordered norm."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from normlab.bench.model import build_model
 from normlab.bench.presets import expand, list_presets, load_preset
@@ -29,3 +30,12 @@ def test_quick_is_gpt_quick_on_the_llama():
     assert llama.recipes == gpt.recipes
     assert (llama.model.depth, llama.model.dim, llama.model.heads) == (4, 64, 4)
     assert build_model(expand(llama, {})[0][1]).config.mlp_hidden == 176  # 8/3·64 → ×16
+
+
+@pytest.mark.parametrize(("name", "millions"), [("ladder-20m", 18.9), ("ladder-125m", 125.8)])
+def test_the_scale_ladder_has_its_stated_sizes(name, millions):
+    cfg, sweep = load_preset(name)
+    assert cfg.data.tokenizer == "bpe" and sweep["norm.name"] == ["layernorm", "rmsnorm", "dyt"]
+    with torch.device("meta"):
+        model = build_model(cfg)
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(millions, abs=0.1)
