@@ -83,5 +83,5 @@ def test_bad_tokenizer_settings_are_refused(corpus, tmp_path, override, message)
 
 
 def test_a_vocabulary_the_corpus_cannot_fill_is_refused(corpus, tmp_path):
-    with pytest.raises(ValueError, match="only supports .* BPE tokens; lower it"):
+    with pytest.raises(ValueError, match=r"only supports .* BPE tokens; lower it"):
         load_text(data(corpus, tmp_path, "data.tokenizer=bpe", "data.vocab_size=60000"))
