@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from normlab import configs
+from normlab.adapt import parse_include
 
 
 @dataclass
@@ -71,7 +72,14 @@ class PlacementConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW; weight decay only on matrices and embeddings (never on gains or biases).
+    """The optimizer; weight decay only on matrices and embeddings (never on gains or biases).
+
+    `name`: `adamw`, `adamp` / `sgdp` (the update's radial part removed on scale-invariant
+    weights, `normlab.optim`; SGDP's momentum is `beta1`) or `adamw_nap` (AdamW with NaP's
+    projection of every Linear weight to its initial norm after each step); see
+    `normlab.bench.optim.make_optimizer`. `trainable`: which parameters train, `all` or parts
+    joined by `+` from `norms`, `biases`, `head` (`normlab.adapt.norm_only`; the others are
+    frozen).
 
     `grad_clip` is the global-norm clip (0 disables it). `agc` is the NFNet adaptive clipping
     factor λ (None disables it; 0.01 in the paper), applied per unit before the global clip
@@ -80,6 +88,8 @@ class OptimConfig:
     global clip, as GPAS's `--clip_gate_grad` does.
     """
 
+    name: Literal["adamw", "adamp", "sgdp", "adamw_nap"] = "adamw"
+    trainable: str = "all"
     lr: float = 3e-3
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -130,12 +140,15 @@ class TrainConfig:
 
     A run diverges when the training loss is NaN/Inf, or exceeds both `spike_threshold` times
     the running minimum of the training loss and the first step's loss (0 disables the spike
-    test). `diagnose_every` > 0
+    test). `init_from` (None = a fresh init) is a run directory whose latest checkpoint gives
+    the model its starting weights (the same model config; the data may differ): adaptation
+    runs. `diagnose_every` > 0
     records the cheap diagnostics (bench/diagnostics.py) on the training batch every that many
     steps and at the last step, into diagnostics.jsonl; 0 turns them off.
     """
 
     steps: int = 100
+    init_from: str | None = None
     eval_every: int = 25
     eval_batches: int = 8
     checkpoint_every: int = 50
@@ -205,6 +218,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.train.diagnose_every < 0:
         raise ValueError(f"train.diagnose_every must be >= 0 (0 turns the diagnostics off), "
                          f"got {cfg.train.diagnose_every}")
+    if cfg.optim.trainable != "all":
+        parse_include(cfg.optim.trainable)
     if cfg.train.keep_checkpoints < 1:
         raise ValueError("train.keep_checkpoints must be at least 1")
     image = cfg.model.kind == "vit"

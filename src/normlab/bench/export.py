@@ -36,6 +36,19 @@ def run_model(run_dir: Path) -> tuple[nn.Module, int]:
     return model.eval(), ckpt.step
 
 
+def load_weights(model: nn.Module, run_dir: Path) -> int:
+    """Give `model` the weights of the latest checkpoint of the run in `run_dir` (a
+    `train.init_from`); returns its step. ValueError when the run's model differs."""
+    source, step = run_model(run_dir)
+    try:
+        model.load_state_dict(source.state_dict())
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise ValueError(f"train.init_from {str(run_dir)!r}: its model differs from this "
+                         f"config's ({first})") from None
+    return step
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `export` on the CLI's subparsers."""
     parser = subparsers.add_parser(

@@ -23,7 +23,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from normlab.bench import plots
+from normlab.bench import effective_lr, plots
 from normlab.bench.metrics import write_atomic
 from normlab.bench.runs import BASELINE, Arm, Run, find_runs, group_arms
 
@@ -253,7 +253,7 @@ def _speed(row: dict[str, Any]) -> str:
 
 
 def markdown(table: dict[str, Any], plots: list[str], normalization_plot: str | None = None,
-             ) -> str:
+             effective_lr_plot: str | None = None) -> str:
     rows = table["arms"]
     lines = ["# normlab bench report", "", *_headline(table), ""]
     base = table["baseline"]
@@ -291,6 +291,7 @@ def markdown(table: dict[str, Any], plots: list[str], normalization_plot: str | 
               "not the process's resident set.", ""]
     lines += [f"![{Path(p).stem}]({p})" for p in plots]
     lines += ["", *normalization_section(table, normalization_plot)]
+    lines += effective_lr.section(table.get("effective_lr") or [], effective_lr_plot)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -298,12 +299,16 @@ def write_report(paths: list[Path], out: Path) -> dict[str, Any]:
     """Read every run under `paths` and write report.md, report.json and plots/ into `out`."""
     runs = find_runs(paths)
     table = build_table(runs)
+    table["effective_lr"] = effective_lr.rows(group_arms(runs))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     drawn = plots.draw_all(group_arms(runs), table, out / "plots")
     profile = plots.normalization(table, out / "plots" / "normalization.png")
+    elr = plots.effective_lr(table["effective_lr"], plots.arm_styles(table["arms"]),
+                             out / "plots" / "effective_lr.png")
     write_atomic(out / "report.json", json.dumps(table, indent=2) + "\n")
     write_atomic(out / "report.md", markdown(
         table, [p.relative_to(out).as_posix() for p in drawn],
-        profile.relative_to(out).as_posix() if profile else None))
+        profile.relative_to(out).as_posix() if profile else None,
+        elr.relative_to(out).as_posix() if elr else None))
     return table
