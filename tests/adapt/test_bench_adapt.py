@@ -4,6 +4,9 @@ learning rate in diagnostics.jsonl and the report, and `normlab adapt eval|testt
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,6 +33,13 @@ def smoke(cache, *overrides):
 def tiny_gpt():
     torch.manual_seed(0)
     return GPT(GPTConfig(depth=1, dim=16, heads=2, vocab_size=32, block_size=8))
+
+
+def tiny_vit(norm="batchnorm"):
+    cfg, _ = load_preset("vit-bn", [f"norm.name={norm}", "train.seed=0", "train.steps=4",
+                                    "train.eval_every=4", "train.checkpoint_every=4",
+                                    "model.depth=1", "model.dim=16"])
+    return cfg
 
 
 @pytest.mark.parametrize(("name", "cls"), [("adamw", torch.optim.AdamW), ("adamp", AdamP),
@@ -111,10 +121,7 @@ def test_adapt_eval_and_testtime_commands(tmp_path, cache_dir, capsys):
     assert result["val_loss"] != pytest.approx(final["val_loss"])  # other windows
     assert cli.main(["adapt", "eval", str(source)]) == 0
     assert json.loads(capsys.readouterr().out)["val_loss"] == pytest.approx(final["val_loss"])
-    vit, _ = load_preset("vit-bn", ["norm.name=batchnorm", "train.seed=0", "train.steps=4",
-                                    "train.eval_every=4", "train.checkpoint_every=4",
-                                    "model.depth=1", "model.dim=16"])
-    train.run(vit, tmp_path / "vit")
+    train.run(tiny_vit(), tmp_path / "vit")
     out = tmp_path / "tta.json"
     assert cli.main(["adapt", "testtime", str(tmp_path / "vit"), "--corruption", "blur",
                      "--json", str(out)]) == 0
@@ -124,3 +131,15 @@ def test_adapt_eval_and_testtime_commands(tmp_path, cache_dir, capsys):
                      for m in ("source", "bn", "adabn", "tent", "unmix")}
     assert all(0.0 <= r["acc"] <= 1.0 for r in doc["results"])
     assert cli.main(["adapt", "testtime", str(source)]) == 2  # a GPT run
+
+
+@pytest.mark.slow
+def test_vit_shift_benchmark_runs(tmp_path):
+    train.run(tiny_vit("layernorm"), tmp_path / "vit")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_adapt_vit.py"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "vit"), "--steps", "2",
+                           "--corruption", "blur"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout.splitlines()[-1])["rows"]
+    assert [(r["arm"], r["trainable"] > 0) for r in rows] == \
+        [("none", False), ("all", True), ("norms", True), ("head", True)]
