@@ -7,9 +7,11 @@ The layers, bottom first; a module may import its own layer and the layers below
     kernels                         fused ops, checked against `normlab.functional`
     norms                           the zoo (calls the kernels)
     selection                       choosing modules of a network; the one `is_norm` rule
-    weights                         weight-side normalizations
+    weights, optim                  weight-side normalizations; optimizers for scale-invariant
+                                    weights
     blocks, models                  placements, then GPT / ViT
-    surgery, diagnostics, hf        on any nn.Module, and the round trip with transformers
+    surgery, diagnostics, hf,       on any nn.Module, and the round trip with transformers;
+    adapt                           norm-only tuning and test-time normalization
                                     (the loop check keeps them apart)
     bench                           uses everything
     study                           settles claims through the bench
@@ -40,10 +42,10 @@ LAYERS: list[set[str]] = [
     {"kernels"},
     {"norms"},
     {"selection"},
-    {"weights"},
+    {"weights", "optim"},
     {"blocks"},
     {"models"},
-    {"surgery", "diagnostics", "hf"},
+    {"surgery", "diagnostics", "hf", "adapt"},
     {"bench"},
     {"study"},
     {ROOT},

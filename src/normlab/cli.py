@@ -8,6 +8,7 @@
     normlab convert SRC_DIR --to rmsnorm|crmsnorm|fold --out DST_DIR  # exact norm surgery
     normlab export RUN_DIR --out DIR              # a trained run as a transformers folder
     normlab study CLAIM_PRESET... | --all | --table  # settle claims seed by seed
+    normlab adapt eval|testtime RUN_DIR ...       # a run on other data; test-time norms
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from rich.table import Table
 
 import normlab
 from normlab import bench as bench_package
+from normlab.bench import adapt as adapt_command
 from normlab.bench import commands
 from normlab.bench import export as export_command
 from normlab.bench.train import RunInterrupted
@@ -104,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert_command.add_parser(sub)
     export_command.add_parser(sub)
     study_command.add_parser(sub)
+    adapt_command.add_parser(sub)
     return parser
 
 

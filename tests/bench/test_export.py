@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from normlab import cli
-from normlab.bench.export import run_model
+from normlab.bench.init_from import run_model
 
 transformers = pytest.importorskip("transformers")
 

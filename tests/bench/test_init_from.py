@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from normlab import cli
-from normlab.bench.export import run_model
+from normlab.bench.init_from import run_model
 from normlab.models import GPT, GPTConfig, Llama, LlamaConfig
 
 pytest.importorskip("transformers")
@@ -102,3 +102,20 @@ def test_a_folder_that_is_not_a_transformers_folder_is_refused(tmp_path, cache_d
     assert "no config.json" in capsys.readouterr().err
     assert cli.main(["train", "--resume", str(tmp_path), "--init-from", str(tmp_path)]) == 2
     assert "drop --preset, --set, --init-from" in capsys.readouterr().err
+
+
+def test_a_run_directory_gives_its_architecture_and_checkpoint(tmp_path, cache_dir):
+    source = tmp_path / "pretrained"
+    sets = ["--set", f"data.cache_dir={cache_dir}", "--set", "train.steps=2", "--set",
+            "train.eval_every=2", "--set", "placement.name=post", "--set", "norm.name=rmsnorm"]
+    assert cli.main(["train", "--preset", "smoke", "--out", str(source), "--no-progress",
+                     *sets]) == 0
+    # another preset's data and schedule; the model, norm and placement come from the run
+    assert _train(tmp_path, cache_dir, str(source), "optim.lr=1e-30", preset="llama-smoke") == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["model"]["kind"], saved["model"]["depth"], saved["norm"]["name"],
+            saved["placement"]["name"]) == ("gpt", 2, "rmsnorm", "post")
+    trained, _ = run_model(tmp_path / "run")
+    pretrained, _ = run_model(source)
+    with torch.no_grad():
+        assert torch.equal(trained(IDX[:, :16])[0], pretrained(IDX[:, :16])[0])

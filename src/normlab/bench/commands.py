@@ -12,8 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from normlab.bench import distributed as D
 from normlab.bench import train as training
 from normlab.bench.config import RunConfig
+from normlab.bench.init_from import architecture, check_init_from
 from normlab.bench.metrics import read_json
-from normlab.bench.model import check_init_from, hf_architecture
 from normlab.bench.presets import expand, load_preset, resolve
 from normlab.bench.report import write_report
 from normlab.bench.runtime import Runtime
@@ -80,8 +80,8 @@ def train(args: argparse.Namespace) -> int:
         rt, out = _setup(cfg, args.resume, "")
     else:
         preset = _require_preset(args)
-        architecture = hf_architecture(str(args.init_from)) if args.init_from else []
-        cfg, sweep = load_preset(preset, [*architecture, *args.overrides])
+        source = architecture(str(args.init_from)) if args.init_from else []
+        cfg, sweep = load_preset(preset, [*source, *args.overrides])
         pinned = {key: values[:1] for key, values in sweep.items()}
         if pinned:
             (_, cfg), = expand(cfg, pinned)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from normlab import configs
+from normlab.adapt import parse_include
 from normlab.norms import get_norm_class
 
 
@@ -30,8 +31,9 @@ class ModelConfig:
     `embed_gain_init` (None = off) starts a learnable scalar on the
     token embeddings (`GPTConfig.embed_gain_init`): DyT's LLaMA recipe, which lifts the
     N(0, 0.02) embedding stream into tanh's active range.
-    `init_from` (None = random init) is a `transformers` folder whose weights start the run
-    (`normlab train --init-from DIR` sets it and the architecture fields to the folder's).
+    `init_from` (None = random init) is a run directory (its latest checkpoint) or a
+    `transformers` folder whose weights start the run (`normlab.bench.init_from`; `normlab
+    train --init-from SOURCE` sets it and the architecture fields to the source's).
     """
 
     kind: Literal["gpt", "vit", "llama"] = "gpt"
@@ -77,7 +79,14 @@ class PlacementConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW; weight decay only on matrices and embeddings (never on gains or biases).
+    """The optimizer; weight decay only on matrices and embeddings (never on gains or biases).
+
+    `name`: `adamw`, `adamp` / `sgdp` (the update's radial part removed on scale-invariant
+    weights, `normlab.optim`; SGDP's momentum is `beta1`) or `adamw_nap` (AdamW with NaP's
+    projection of every Linear weight to its initial norm after each step); see
+    `normlab.bench.optim.make_optimizer`. `trainable`: which parameters train, `all` or parts
+    joined by `+` from `norms`, `biases`, `head` (`normlab.adapt.norm_only`; the others are
+    frozen).
 
     `grad_clip` is the global-norm clip (0 disables it). `agc` is the NFNet adaptive clipping
     factor λ (None disables it; 0.01 in the paper), applied per unit before the global clip
@@ -88,6 +97,8 @@ class OptimConfig:
     objective (`normlab.models.lm.z_loss`); the logged loss stays the cross-entropy.
     """
 
+    name: Literal["adamw", "adamp", "sgdp", "adamw_nap"] = "adamw"
+    trainable: str = "all"
     lr: float = 3e-3
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -259,6 +270,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.train.diagnose_every < 0:
         raise ValueError(f"train.diagnose_every must be >= 0 (0 turns the diagnostics off), "
                          f"got {cfg.train.diagnose_every}")
+    if cfg.optim.trainable != "all":
+        parse_include(cfg.optim.trainable)
     if cfg.train.keep_checkpoints < 1:
         raise ValueError("train.keep_checkpoints must be at least 1")
     image = cfg.model.kind == "vit"

@@ -4,7 +4,7 @@
     probe.reset(start)                 # keep the recordings of steps <= start (a resume)
     with probe.watch(done):            # around the step's forward and backward
         loss = ...; loss.backward()
-    probe.record(done, loss_scale)     # after the backward (and unscaling), before any clipping
+    probe.record(done, loss_scale, lr) # after the backward (and unscaling), before any clipping
 
 At a recording step, `normlab.diagnostics.Recorder` watches that step's own forward and
 backward on the training batch: no extra pass, and its hooks only copy, so the losses are the
@@ -17,7 +17,8 @@ line to diagnostics.jsonl:
     {"step": 40,
      "blocks": [{"index", "name", "input", "output", "angular_distance",
                  "grad": {"params", "output_token_norm", "output_rms"}}, ...],
-     "norms": [{"name", "kind", "stats", "block", "input", "output", "dyt", "batch_stats"}, ...]}
+     "norms": [{"name", "kind", "stats", "block", "input", "output", "dyt", "batch_stats"}, ...],
+     "weights": [{"name", "norm", "effective_lr", "scale_invariant"}, ...]}
 
 The fields are those of the diagnostics JSON (docs/diagnostics.md), computed over one step.
 `step` is the optimizer step whose forward was measured, as in metrics.jsonl (the parameters
@@ -38,6 +39,7 @@ from torch.distributed.tensor import DTensor
 from normlab.bench.config import TrainConfig
 from normlab.bench.metrics import read_metrics, write_metrics
 from normlab.diagnostics import Recorder, Recording, select_blocks, summarize
+from normlab.diagnostics.effective_lr import effective_learning_rates
 
 FILE = "diagnostics.jsonl"
 BLOCKS = "blocks.*"  # normlab's GPT and ViT; a glob, so that a single block is found too
@@ -95,14 +97,16 @@ class TrainingDiagnostics:
             yield
         self._recording = recorder.recording
 
-    def record(self, done: int, loss_scale: float = 1.0) -> None:
+    def record(self, done: int, loss_scale: float = 1.0, lr: float | None = None) -> None:
         """Append the record of step `done` if due; every rank must call it (FSDP).
 
-        `loss_scale` is the fp16 loss scaler's factor, which the activation gradients carry.
+        `loss_scale` is the fp16 loss scaler's factor, which the activation gradients carry;
+        `lr` the step's learning rate (None: no `weights` entry).
         """
         if not due(done, self.train):
             return
         grad_norms = [block_grad_norm(block) for _, block in self.blocks]
+        weights = effective_learning_rates(self.model, lr) if lr else None
         if not self.write:
             return
         doc = summarize(self._recording, top_k=1, curve_channels=1, curve_points=1)
@@ -115,6 +119,7 @@ class TrainingDiagnostics:
             grad["params"] = norm
         norms = [{k: entry[k] for k in NORM_FIELDS} for entry in doc["norms"]]
         with self.path.open("a") as handle:
-            handle.write(json.dumps({"step": done, "blocks": blocks, "norms": norms}) + "\n")
+            handle.write(json.dumps({"step": done, "blocks": blocks, "norms": norms,
+                                     "weights": weights}) + "\n")
         self._recording = None
 

@@ -12,28 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from torch import nn
-
-from normlab.bench import checkpoint
-from normlab.bench.metrics import read_json
-from normlab.bench.model import build_model
-from normlab.bench.presets import resolve
-
-
-def run_model(run_dir: Path) -> tuple[nn.Module, int]:
-    """The model of a run with the weights of its latest checkpoint, in eval mode, and the
-    checkpoint's step."""
-    config_path = Path(run_dir) / "config.json"
-    if not config_path.is_file():
-        raise ValueError(f"{config_path} does not exist; is {run_dir} a run directory?")
-    cfg = resolve(read_json(config_path))
-    model = build_model(cfg)
-    path = checkpoint.latest(run_dir)
-    if path is None:
-        raise ValueError(f"{run_dir} has no complete checkpoint to export")
-    ckpt = checkpoint.load(path, config=cfg.to_dict(), expected=model.state_dict())
-    model.load_state_dict(ckpt.model)
-    return model.eval(), ckpt.step
+from normlab.bench.init_from import run_model
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

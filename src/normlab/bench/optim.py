@@ -1,4 +1,5 @@
-"""Optimizer pieces of the bench: AdamW groups, the learning-rate schedule and the clipping.
+"""Optimizer pieces of the bench: the optimizer (`optim.name`), the learning-rate schedule and
+the clipping.
 
 Clipping order in one step: AGC (per unit), then the global norm clip, then the GPAS gate clip.
 """
@@ -14,21 +15,51 @@ from torch.distributed.tensor import DTensor
 
 from normlab.bench.config import OptimConfig, ScheduleConfig
 from normlab.blocks import Block
+from normlab.optim import SGDP, AdamP
+from normlab.weights import NormProjection
 
 
-def make_adamw(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on tensors of rank >= 2 only (matrices, embeddings).
-
-    Gains, biases and scalar gates (norm weights, ReZero alphas, ...) are not decayed: decay
-    would pull a gain towards 0 rather than towards its identity value 1.
-    """
+def _groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """The trainable parameters in two groups: weight decay on tensors of rank >= 2 only
+    (matrices, embeddings). Gains, biases and scalar gates (norm weights, ReZero alphas, ...)
+    are not decayed: decay would pull a gain towards 0 rather than towards its identity 1."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
             (decay if param.dim() >= 2 else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    if not decay and not no_decay:
+        raise ValueError(f"{type(model).__name__} has no trainable parameter to optimize")
+    return [{"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_adamw(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on tensors of rank >= 2 only (`_groups`)."""
+    return torch.optim.AdamW(_groups(model, cfg), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                             eps=cfg.eps)
+
+
+def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The optimizer `cfg.name` over the model's trainable parameters (groups as `_groups`).
+
+    adamw:     torch's AdamW (β₁, β₂, eps from the config).
+    adamp:     `normlab.optim.AdamP`, the same Adam with the radial part of the update removed
+               on weights it detects as scale-invariant (δ = 0.1, wd_ratio = 0.1).
+    sgdp:      `normlab.optim.SGDP`, momentum β₁ (0.9 by default), no Nesterov.
+    adamw_nap: AdamW, then after every step each nn.Linear weight matrix is projected back to
+               its Frobenius norm at creation (`normlab.weights.NormProjection`, NaP), so that
+               its effective learning rate lr/‖W‖² follows the schedule alone.
+    """
+    groups = _groups(model, cfg)
+    if cfg.name == "adamp":
+        return AdamP(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    if cfg.name == "sgdp":
+        return SGDP(groups, lr=cfg.lr, momentum=cfg.beta1, eps=cfg.eps)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    if cfg.name == "adamw_nap":
+        projection = NormProjection.from_model(model)
+        optimizer.register_step_post_hook(lambda *_: projection.project())
+    return optimizer
 
 
 def learning_rate(step: int, total_steps: int, lr: float, cfg: ScheduleConfig) -> float:

@@ -220,3 +220,28 @@ def draw_all(arms: list[Arm], table: dict[str, Any], folder: Path) -> list[Path]
         _final_loss(table, styles, folder / "final_val_loss.png"),
         _relative(table, styles, folder / "speed_memory.png"),
     ]
+
+
+def effective_lr(rows: list[dict[str, Any]], styles: dict[str, dict[str, Any]],
+                 path: Path) -> Path | None:
+    """lr/‖W‖² and ‖W‖_F (geometric means over the weight matrices) against the step, one
+    line per arm, from bench/effective_lr.py's rows. None without rows."""
+    if not rows:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for row in rows:
+        look = styles.get(row["arm"], {})
+        for ax, key in ((left, "effective_lr"), (right, "norm")):
+            ax.plot(row["steps"], row[key], markersize=3, label=row["arm"], **look)
+    left.set(xlabel="step", ylabel="lr / ‖W‖²", yscale="log",
+             title="Effective learning rate (geometric mean over matrices)")
+    right.set(xlabel="step", ylabel="‖W‖_F", title="Weight norm (geometric mean over matrices)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -25,7 +25,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from normlab.bench import plots
+from normlab.bench import effective_lr, plots
 from normlab.bench.lr_sensitivity import lr_curves
 from normlab.bench.metrics import write_atomic
 from normlab.bench.runs import BASELINE, Arm, Run, find_runs, group_arms
@@ -305,7 +305,7 @@ def lr_sweep_section(table: dict[str, Any], plot: str | None) -> list[str]:
 
 
 def markdown(table: dict[str, Any], plots: list[str], normalization_plot: str | None = None,
-             lr_plot: str | None = None) -> str:
+             lr_plot: str | None = None, effective_lr_plot: str | None = None) -> str:
     rows = table["arms"]
     lines = ["# normlab bench report", "", *_headline(table), ""]
     base = table["baseline"]
@@ -344,6 +344,7 @@ def markdown(table: dict[str, Any], plots: list[str], normalization_plot: str | 
     lines += [f"![{Path(p).stem}]({p})" for p in plots]
     lines += ["", *normalization_section(table, normalization_plot)]
     lines += lr_sweep_section(table, lr_plot)
+    lines += effective_lr.section(table.get("effective_lr") or [], effective_lr_plot)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -351,14 +352,18 @@ def write_report(paths: list[Path], out: Path) -> dict[str, Any]:
     """Read every run under `paths` and write report.md, report.json and plots/ into `out`."""
     runs = find_runs(paths)
     table = build_table(runs)
+    table["effective_lr"] = effective_lr.rows(group_arms(runs))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     drawn = plots.draw_all(group_arms(runs), table, out / "plots")
     profile = plots.normalization(table, out / "plots" / "normalization.png")
     lr_plot = plots.lr_sensitivity(table, out / "plots" / "lr_sensitivity.png")
+    elr = plots.effective_lr(table["effective_lr"], plots.arm_styles(table["arms"]),
+                             out / "plots" / "effective_lr.png")
     write_atomic(out / "report.json", json.dumps(table, indent=2) + "\n")
     write_atomic(out / "report.md", markdown(
         table, [p.relative_to(out).as_posix() for p in drawn],
         profile.relative_to(out).as_posix() if profile else None,
-        lr_plot.relative_to(out).as_posix() if lr_plot else None))
+        lr_plot.relative_to(out).as_posix() if lr_plot else None,
+        elr.relative_to(out).as_posix() if elr else None))
     return table

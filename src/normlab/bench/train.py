@@ -39,19 +39,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from normlab.adapt import norm_only
 from normlab.bench import checkpoint
 from normlab.bench import distributed as D
 from normlab.bench.config import RunConfig
 from normlab.bench.data import load_data
 from normlab.bench.diagnostics import FILE, TrainingDiagnostics
+from normlab.bench.init_from import load_initial_weights
 from normlab.bench.metrics import read_metrics, summarize, write_atomic, write_metrics
-from normlab.bench.model import build_model, load_initial_weights
+from normlab.bench.model import build_model
 from normlab.bench.optim import (
     classifier_parameters,
     clip_gradients_,
     gpas_gate_parameters,
     learning_rate,
-    make_adamw,
+    make_optimizer,
 )
 from normlab.bench.rundir import claim_run_dir, config_hash, record_run
 from normlab.bench.runtime import Runtime, resolve_precision
@@ -129,13 +131,15 @@ def prepare(cfg: RunConfig, rt: Runtime, run_dir: Path, *, fresh: bool = True) -
     torch.manual_seed(cfg.train.seed)
     data = load_data(cfg.data)
     model = build_model(cfg)
-    if fresh:
+    if fresh and cfg.model.init_from:
         load_initial_weights(model, cfg)
+    if cfg.optim.trainable != "all":
+        norm_only(model, cfg.optim.trainable)
     model = model.to(rt.device)
     num_params = sum(p.numel() for p in model.parameters())
     replicated = rt.replicated_params(model, cfg)
     wrapped = rt.wrap(model, cfg, replicated)
-    optimizer = make_adamw(model, cfg.optim)  # after fully_shard, which swaps in DTensor params
+    optimizer = make_optimizer(model, cfg.optim)  # after fully_shard, which swaps in DTensor params
     head = classifier_parameters(model) if cfg.optim.agc is not None else set()
     tokens = data.tokens_per_sample(cfg.data, cfg.model.patch_size)
     return Session(
@@ -263,7 +267,7 @@ def train_step(s: Session, state: LoopState) -> dict[str, Any]:
     state.running_min = min(state.running_min, loss_value)
     if s.scaler is not None:
         s.scaler.unscale_(s.optimizer)
-    s.probe.record(done, s.scaler.get_scale() if s.scaler is not None else 1.0)
+    s.probe.record(done, s.scaler.get_scale() if s.scaler is not None else 1.0, lr)
     grad_norm = clip_gradients_(cfg.optim, list(s.model.parameters()),
                                 agc_params=s.agc_params, gate_params=s.gate_params)
     if s.scaler is not None:
@@ -292,6 +296,7 @@ def _summary(s: Session, state: LoopState, status: str, wall_s: float) -> dict[s
     return {"status": status, **summarize(state.records), "norm": s.cfg.norm.name,
             "placement": s.cfg.placement.name, "seed": s.cfg.train.seed,
             "params": s.num_params,
+            "trainable_params": sum(p.numel() for p in s.model.parameters() if p.requires_grad),
             "world_size": s.rt.dist.world, "device": str(s.rt.device),
             "precision": s.precision, "wall_s": wall_s,
             "config_sha256": config_hash(s.cfg.to_dict())}
