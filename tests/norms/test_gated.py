@@ -87,7 +87,7 @@ def test_half_inputs_with_gate_use_float32(dtype):
 
 
 def test_group_size_is_required_and_checked():
-    with pytest.raises(TypeError, match="missing required argument.*group_size"):
+    with pytest.raises(TypeError, match=r"missing required argument.*group_size"):
         make_norm("gatedrmsnorm", 12)
     for bad in (5, 0, -4, 2.0, True):
         with pytest.raises(ValueError, match="group_size"):

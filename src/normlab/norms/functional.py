@@ -8,8 +8,8 @@ users who know them as `normlab.norms.functional`.
 from normlab.functional import (
     affine_of_moments,
     apply_affine,
-    compute_dtype,
     check_group_size,
+    compute_dtype,
     crms_norm,
     derf,
     dyt,
@@ -32,8 +32,8 @@ from normlab.functional import (
 __all__ = [
     "affine_of_moments",
     "apply_affine",
-    "compute_dtype",
     "check_group_size",
+    "compute_dtype",
     "crms_norm",
     "derf",
     "dyt",

@@ -822,7 +822,7 @@ std::tuple<Tensor, Tensor, Tensor> gated_bwd(const Tensor& dy, const Tensor& x,
         for (int64_t r = chunk_begin(c, chunks, m); r < chunk_begin(c + 1, chunks, m); ++r) {
           for (int64_t g = 0; g < groups; ++g) {
             const int64_t off = r * d + g * n;
-            gated_bwd_group(gp + at, xp + off, zp == nullptr ? nullptr : zp + off, wp + g * n,
+            gated_bwd_group(gp + off, xp + off, zp == nullptr ? nullptr : zp + off, wp + g * n,
                             rp[r * groups + g], dxp + off, dzp == nullptr ? nullptr : dzp + off,
                             dw == nullptr ? nullptr : dw + g * n, xh.data(), dn.data(), s.data(),
                             sd.data(), n, norm_before_gate);

@@ -216,10 +216,8 @@ def derf_bwd_kernel(
         z = alpha * x + shift
         e = tl.exp(-z * z)
         k = 1.1283791670955126 * e
-        if HAS_W:
-            dz = dy * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32) * k
-        else:
-            dz = dy * k  # 0 past the row, as dy is
+        # 0 past the row, as dy is
+        dz = dy * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32) * k if HAS_W else dy * k
         tl.store(DX + offs, (alpha * dz).to(DX.dtype.element_ty), mask=mask)
         da += tl.sum(dz * x, axis=0)
         ds += tl.sum(dz, axis=0)
