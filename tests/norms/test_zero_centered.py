@@ -60,8 +60,8 @@ def test_every_backend_equals_gemma_up_to_the_order_of_the_row_sum(backend, dtyp
     with kernels.use_backend(backend):
         got = ours(x)
     want = theirs(x)
-    if dtype == torch.float32:
-        torch.testing.assert_close(got, want, rtol=3e-7, atol=0)
+    if dtype == torch.float32:  # a few units in the last place
+        torch.testing.assert_close(got, want, rtol=4 * 2.0**-23, atol=0)
         return
     differ = got != want
     assert differ.float().mean() < 1e-3
