@@ -45,6 +45,7 @@ from benchenv import MALLOC_ENV, cpu_model, use_big_malloc_thresholds
 use_big_malloc_thresholds()
 
 import torch  # noqa: E402  (after the re-exec)
+import torch._functorch.config as functorch_config  # noqa: E402
 from torch import nn  # noqa: E402
 
 from normlab import kernels  # noqa: E402
@@ -312,7 +313,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.compile:
-        torch._functorch.config.donated_buffer = False  # "bwd" reruns one retained graph
+        functorch_config.donated_buffer = False  # "bwd" reruns one retained graph
     dtype = getattr(torch, args.dtype)
     device = args.device
     env = {
