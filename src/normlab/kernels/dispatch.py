@@ -133,8 +133,8 @@ def _gain(weight: Tensor | None, zero_centered: bool) -> Tensor | None:
     return F.zero_centered_gain(weight) if zero_centered else weight
 
 
-def _scalar(op: str, name: str, value: Tensor | float, x: Tensor) -> Tensor | float:
-    """A one-element tensor or a float, checked; kept as given."""
+def _scalar(op: str, name: str, value: Tensor | float) -> None:
+    """Check that `value` is a one-element floating-point tensor or a float."""
     if isinstance(value, Tensor):
         if value.numel() != 1 or not value.is_floating_point():
             raise ValueError(
@@ -143,7 +143,6 @@ def _scalar(op: str, name: str, value: Tensor | float, x: Tensor) -> Tensor | fl
             )
     elif not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TypeError(f"{op}: {name} must be a float or a one-element tensor, got {value!r}")
-    return value
 
 
 def _as_tensor(value: Tensor | float, x: Tensor) -> Tensor:
@@ -219,7 +218,7 @@ def dyt(
     """Dynamic Tanh y = weight · tanh(alpha · x) + bias with a scalar alpha (Zhu, Chen, He,
     LeCun, Liu, "Transformers without Normalization", CVPR 2025)."""
     _check("dyt", x, weight=weight, bias=bias)
-    _scalar("dyt", "alpha", alpha, x)
+    _scalar("dyt", "alpha", alpha)
     name = _resolve("dyt", backend, x)
     if name == "reference":
         return reference.dyt(x, alpha, weight, bias)
@@ -235,8 +234,8 @@ def derf(
     """Dynamic erf y = weight · erf(alpha · x + shift) + bias with scalars alpha and shift
     (Chen, Lu, Zhu, Sun, Liu, "Stronger Normalization-Free Transformers", arXiv 2512.10938)."""
     _check("derf", x, weight=weight, bias=bias)
-    _scalar("derf", "alpha", alpha, x)
-    _scalar("derf", "shift", shift, x)
+    _scalar("derf", "alpha", alpha)
+    _scalar("derf", "shift", shift)
     name = _resolve("derf", backend, x)
     if name in ("cpp", "triton"):
         return _compiled(name).derf(
