@@ -17,6 +17,13 @@ copy bandwidth measured in the same run. Every time is also given as a ratio to
 torch.nn.LayerNorm in the same mode, same run. --providers limits the run to some providers.
 Rows are appended to benchmarks/results/norm_kernels.csv.
 
+The ops without a PyTorch layer are timed against their eager formula and, with --compile, its
+torch.compile: the zero-centred RMSNorm as Gemma computes it, Derf, and the gated RMSNorm as
+Mamba-2 uses it (gate first, 8 groups: group_size = D/8; the gate is a second input like the
+residual of the add ops). --compile turns off AOTAutograd's donated buffers
+(`torch._functorch.config.donated_buffer`): the "bwd" mode runs backward through one retained
+graph again and again, which a backward compiled with donated buffers refuses.
+
 glibc returns freed blocks above 32 MB to the OS by default, so every call that allocates a big
 output page-faults it in again; the script re-executes itself with
 MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=17179869184 unless they are set.
@@ -38,6 +45,7 @@ from benchenv import MALLOC_ENV, cpu_model, use_big_malloc_thresholds
 use_big_malloc_thresholds()
 
 import torch  # noqa: E402  (after the re-exec)
+import torch._functorch.config as functorch_config  # noqa: E402
 from torch import nn  # noqa: E402
 
 from normlab import kernels  # noqa: E402
@@ -94,6 +102,35 @@ def dyt_eager(x, alpha, weight, bias):
     return weight * torch.tanh(alpha * x) + bias
 
 
+def derf_eager(x, alpha, shift, weight, bias):
+    return weight * torch.erf(alpha * x + shift) + bias
+
+
+def zero_centered_rms_eager(x, weight, eps: float = 1e-6):
+    """Gemma's RMSNorm: in float32, x·rsqrt(mean(x²) + eps)·(1 + w), cast once."""
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (y * (1.0 + weight.float())).type_as(x)
+
+
+GATED_GROUPS = 8
+
+
+def gated_rms_eager(x, gate, weight, eps: float = 1e-5):
+    """Mamba-2's gated RMSNorm (gate first) over GATED_GROUPS groups, in float32."""
+    u = x.float() * nn.functional.silu(gate.float())
+    ug = u.unflatten(-1, (GATED_GROUPS, -1))
+    y = (ug * torch.rsqrt(ug.square().mean(-1, keepdim=True) + eps)).flatten(-2)
+    return (y * weight.float()).type_as(x)
+
+
+def _eager_and_compiled(out: dict, label: str, fn: Callable, params: list, use_compile: bool):
+    out[f"eager {label}"] = (fn, params)
+    if use_compile:
+        compiled = torch.compile(fn)
+        out[f"compile({label})"] = (lambda x, r: compiled(x, r), params)
+
+
 def providers(op: str, d: int, device: str, dtype, use_compile: bool):
     """name -> (fn(x, r) -> output tuple-or-tensor, the parameters it uses)."""
     kw = {"device": device, "dtype": dtype}
@@ -122,15 +159,31 @@ def providers(op: str, d: int, device: str, dtype, use_compile: bool):
         if use_compile:
             compiled = torch.compile(ln)
             out["compile(nn.LayerNorm)"] = (lambda x, r: compiled(x), params)
+    elif op == "zero_centered_rms_norm":
+        w = nn.Parameter(0.1 * torch.randn(d, **kw))
+        params = [w]
+        _eager_and_compiled(out, "Gemma RMSNorm", lambda x, r: zero_centered_rms_eager(x, w),
+                            params, use_compile)
+    elif op == "gated_rms_norm":
+        w = nn.Parameter(torch.ones(d, **kw))
+        params = [w]
+        _eager_and_compiled(out, "gated RMSNorm", lambda x, r: gated_rms_eager(x, r, w), params,
+                            use_compile)
+    elif op == "derf":
+        w = nn.Parameter(torch.ones(d, **kw))
+        b = nn.Parameter(torch.zeros(d, **kw))
+        alpha = nn.Parameter(torch.full((1,), 0.5, **kw))
+        shift = nn.Parameter(torch.zeros(1, **kw))
+        params = [alpha, shift, w, b]
+        _eager_and_compiled(out, "Derf", lambda x, r: derf_eager(x, alpha, shift, w, b), params,
+                            use_compile)
     else:
         w = nn.Parameter(torch.ones(d, **kw))
         b = nn.Parameter(torch.zeros(d, **kw))
         alpha = nn.Parameter(torch.full((1,), 0.5, **kw))
         params = [alpha, w, b]
-        out["eager DyT"] = (lambda x, r: dyt_eager(x, alpha, w, b), params)
-        if use_compile:
-            compiled = torch.compile(dyt_eager)
-            out["compile(DyT)"] = (lambda x, r: compiled(x, alpha, w, b), params)
+        _eager_and_compiled(out, "DyT", lambda x, r: dyt_eager(x, alpha, w, b), params,
+                            use_compile)
     liger = _liger(op, d, device, dtype)
     if liger is not None:
         out["liger"] = liger
@@ -142,6 +195,14 @@ def providers(op: str, d: int, device: str, dtype, use_compile: bool):
             fn = lambda x, r, n=name: kernels.add_rms_norm(x, r, w, backend=n)  # noqa: E731
         elif op == "layer_norm":
             fn = lambda x, r, n=name: kernels.layer_norm(x, w, b, backend=n)  # noqa: E731
+        elif op == "zero_centered_rms_norm":
+            fn = lambda x, r, n=name: kernels.rms_norm(  # noqa: E731
+                x, w, zero_centered=True, backend=n)
+        elif op == "gated_rms_norm":
+            fn = lambda x, r, n=name: kernels.gated_rms_norm(  # noqa: E731
+                x, r, w, d // GATED_GROUPS, backend=n)
+        elif op == "derf":
+            fn = lambda x, r, n=name: kernels.derf(x, alpha, shift, w, b, backend=n)  # noqa: E731
         else:
             fn = lambda x, r, n=name: kernels.dyt(x, alpha, w, b, backend=n)  # noqa: E731
         out[f"normlab[{name}]"] = (fn, params)
@@ -165,7 +226,7 @@ def _liger(op: str, d: int, device: str, dtype):
         import liger_kernel.transformers as liger
     except ImportError:
         return None
-    module = getattr(liger, LIGER_MODULES[op], None)
+    module = getattr(liger, LIGER_MODULES.get(op, ""), None)
     if module is None:
         return None
     m = module(d).to(device=device, dtype=dtype)
@@ -227,7 +288,10 @@ def main() -> None:
         help=f"comma-separated MxD (default: {DEFAULT_SHAPES['cpu']} on CPU, hidden sizes "
         f"1024-8192 on CUDA: {DEFAULT_SHAPES['cuda']})",
     )
-    parser.add_argument("--ops", default="rms_norm,layer_norm,dyt,add_rms_norm")
+    parser.add_argument(
+        "--ops",
+        default="rms_norm,layer_norm,dyt,add_rms_norm,zero_centered_rms_norm,derf,gated_rms_norm",
+    )
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -248,6 +312,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compile:
+        functorch_config.donated_buffer = False  # "bwd" reruns one retained graph
     dtype = getattr(torch, args.dtype)
     device = args.device
     env = {
@@ -273,9 +339,12 @@ def main() -> None:
         print(f"\n## shape {m}x{d} {args.dtype}: copy {copy_ms:.3f} ms = {copy_gbs:.1f} GB/s")
         for op in args.ops.split(","):
             x = x0.clone().requires_grad_()
-            r = torch.randn_like(x0).requires_grad_() if op.startswith("add_") else None
+            second = op.startswith("add_") or op == "gated_rms_norm"  # the residual, the gate
+            r = torch.randn_like(x0).requires_grad_() if second else None
             tensors = {"fwd": 2, "bwd": 3, "fwd+bwd": 5}
-            extra = {"fwd": 2, "bwd": 1, "fwd+bwd": 3} if r is not None else dict.fromkeys(MODES, 0)
+            # the residual: read, h written, dh added; the gate: read, read again, dz written
+            extra = ({"fwd": 2, "bwd": 1, "fwd+bwd": 3} if op.startswith("add_") else
+                     {"fwd": 1, "bwd": 2, "fwd+bwd": 3} if second else dict.fromkeys(MODES, 0))
             chosen = providers(op, d, device, dtype, args.compile)
             if args.providers:
                 keep = {"nn.LayerNorm", *args.providers.split(",")}

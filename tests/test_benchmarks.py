@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import types
+from csv import DictReader
 from pathlib import Path
 
 import pytest
@@ -101,7 +102,9 @@ def test_liger_provides_each_op_on_cuda(monkeypatch, bench, op, module):
 
 def test_compile_rows_for_every_op(bench):
     for op, name in [("rms_norm", "compile(nn.RMSNorm)"), ("layer_norm", "compile(nn.LayerNorm)"),
-                     ("dyt", "compile(DyT)"), ("add_rms_norm", "compile(x+r, nn.RMSNorm)")]:
+                     ("dyt", "compile(DyT)"), ("add_rms_norm", "compile(x+r, nn.RMSNorm)"),
+                     ("zero_centered_rms_norm", "compile(Gemma RMSNorm)"),
+                     ("derf", "compile(Derf)"), ("gated_rms_norm", "compile(gated RMSNorm)")]:
         assert name in bench.providers(op, 8, "cpu", torch.float32, use_compile=True)
         assert name not in bench.providers(op, 8, "cpu", torch.float32, use_compile=False)
 
@@ -113,6 +116,36 @@ def test_norm_kernels(tmp_path):
     assert "MALLOC_MMAP_THRESHOLD_: 1073741824" in out  # the allocator setting is in force
     assert "nn.LayerNorm" in out and "normlab[torch]" in out
     assert len(csv.read_text().splitlines()) > 1
+
+
+def test_new_ops_eager_forms_are_their_formulas(bench):
+    # the eager forms the kernels are timed against compute what normlab's reference does
+    torch.manual_seed(0)
+    x, z = torch.randn(2, 5, 16).unbind(0)
+    w = torch.randn(16)
+    a, s = torch.tensor([0.7]), torch.tensor([0.2])
+    from normlab import functional as F
+
+    torch.testing.assert_close(bench.zero_centered_rms_eager(x, w),
+                               F.rms_norm(x, F.zero_centered_gain(w), 1e-6))
+    torch.testing.assert_close(bench.derf_eager(x, a, s, w, w), F.derf(x, a, s, w, w))
+    torch.testing.assert_close(bench.gated_rms_eager(x, z, w),
+                               F.gated_rms_norm(x, z, w, 16 // bench.GATED_GROUPS))
+
+
+@pytest.mark.slow
+def test_compile_rows_run_at_every_shape(tmp_path):
+    # the "bwd" mode reruns one retained graph; compiled with donated buffers (the second
+    # shape's dynamic recompile) that backward used to refuse
+    csv = tmp_path / "rows.csv"
+    run("bench_norm_kernels.py", "--shapes", "64x32,128x64", "--ops", "rms_norm,derf",
+        "--repeats", "1", "--inner", "1", "--warmup", "0", "--compile",
+        "--providers", "compile(nn.RMSNorm),compile(Derf)", "--csv", str(csv))
+    with csv.open() as fh:
+        cells = {(r["shape"], r["provider"], r["mode"]) for r in DictReader(fh)}
+    for shape in ("64x32", "128x64"):
+        for provider in ("compile(nn.RMSNorm)", "compile(Derf)"):
+            assert {(shape, provider, mode) for mode in ("fwd", "bwd", "fwd+bwd")} <= cells
 
 
 @pytest.mark.parametrize("command", [["bench_surgery.py"], ["bench_training_throughput.py"],

@@ -62,7 +62,8 @@ def test_torch_and_other_libraries_norms_are_norms(module):
 def test_every_normlab_norm_is_a_norm(name):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert is_norm(normlab.make_norm(name, 16))
+        kwargs = normlab.get_norm_class(name).example_kwargs(16)
+        assert is_norm(normlab.make_norm(name, 16, **kwargs))
 
 
 @pytest.mark.parametrize("module", [

@@ -42,7 +42,7 @@ def zoo_table() -> Table:
     for column in ("name", "family", "stats", "fold", "running stats", "params @ d=512", "paper"):
         table.add_column(column, overflow="fold")
     for name in normlab.list_norms():
-        norm = normlab.make_norm(name, 512)
+        norm = normlab.make_norm(name, 512, **normlab.get_norm_class(name).example_kwargs(512))
         info = norm.info
         table.add_row(
             name, info.family, info.stats, info.fold, "yes" if info.has_running_stats else "",

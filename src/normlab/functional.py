@@ -105,6 +105,91 @@ def dyt(
     return apply_affine(torch.tanh(a * xf), weight, bias).to(x.dtype)
 
 
+def zero_centered_gain(weight: Tensor | None) -> Tensor | None:
+    """The gain 1 + w of a zero-centred ("offset") weight w, the 1 added in the statistics dtype.
+
+    Gemma stores w (initialized to 0) and multiplies by 1 + w in float32
+    (`transformers`' GemmaRMSNorm; TransformerEngine's `zero_centered_gamma`); adding the 1
+    in a half dtype would round small w away. None (no weight) stays None.
+    """
+    return None if weight is None else 1.0 + upcast(weight)
+
+
+def derf(
+    x: Tensor, alpha: Tensor | float, shift: Tensor | float,
+    weight: Tensor | None = None, bias: Tensor | None = None,
+) -> Tensor:
+    """Dynamic erf: y = weight · erf(alpha · x + shift) + bias, alpha and shift scalars
+    (Chen, Lu, Zhu, Sun, Liu, "Stronger Normalization-Free Transformers", arXiv 2512.10938)."""
+    xf = upcast(x)
+    a = alpha.to(xf.dtype) if isinstance(alpha, Tensor) else alpha
+    s = shift.to(xf.dtype) if isinstance(shift, Tensor) else shift
+    return apply_affine(torch.erf(a * xf + s), weight, bias).to(x.dtype)
+
+
+def seed_norm(
+    x: Tensor, alpha: Tensor, beta: Tensor, gamma: Tensor, eps: float = 1e-6, heads: int = 1,
+) -> Tensor:
+    """SeeDNorm: y = [tanh(⟨x_h, β_h⟩)·α + γ] ⊙ x / RMS(x), RMS(x) = sqrt(mean_D(x²) + eps).
+
+    `alpha`, `beta`, `gamma` are (D,); the D channels split into `heads` consecutive heads of
+    D/heads channels, and each head h scales its α_h by tanh of its own dot product ⟨x_h, β_h⟩
+    (one head: one scalar per token). The dot product reads the un-normalized x, in the
+    statistics dtype (Cai, Zhu, Liu, Min, "SeeDNorm: Self-Rescaled Dynamic Normalization",
+    arXiv 2510.22777).
+    """
+    xf = upcast(x)
+    d = xf.shape[-1]
+    if d % heads:
+        raise ValueError(f"seed_norm: heads={heads} must divide the {d} channels of x")
+    xh = xf.unflatten(-1, (heads, d // heads))  # (..., H, D/H)
+    b = beta.to(xf.dtype).view(heads, d // heads)
+    scale = torch.tanh((xh * b).sum(-1, keepdim=True))  # (..., H, 1)
+    gain = (scale * alpha.to(xf.dtype).view(heads, d // heads)).flatten(-2) + gamma.to(xf.dtype)
+    inv = torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)
+    return (gain * (xf * inv)).to(x.dtype)
+
+
+def check_group_size(owner: str, dim: int, group_size: object) -> int:
+    """`group_size` as an int after checking that it is a positive int dividing `dim`."""
+    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
+        raise ValueError(f"{owner}: group_size must be a positive int, got {group_size!r}")
+    if dim % group_size:
+        raise ValueError(
+            f"{owner}: group_size={group_size} must divide the {dim} channels (one RMS "
+            f"statistic per group of group_size consecutive channels)"
+        )
+    return group_size
+
+
+def gated_rms_norm(
+    x: Tensor, gate: Tensor | None, weight: Tensor | None, group_size: int, eps: float = 1e-5,
+    *, norm_before_gate: bool = False,
+) -> Tensor:
+    """Gated, grouped RMSNorm (Mamba-2, Qwen3-Next):
+
+        norm_before_gate=False:  y = RMSNorm_g(x ⊙ silu(z)) ⊙ w           (Mamba-2)
+        norm_before_gate=True:   y = RMSNorm_g(x) ⊙ w ⊙ silu(z)           (Qwen3-Next)
+
+    RMSNorm_g normalizes each group of `group_size` consecutive channels by its own
+    sqrt(mean(u²) + eps); `weight` spans all D channels. `gate` z (x's shape) None means no
+    gate. Everything is computed in the statistics dtype and cast once at the end, as the
+    reference of state-spaces/mamba (`upcast=True`).
+    """
+    d = x.shape[-1]
+    check_group_size("gated_rms_norm", d, group_size)
+    xf = upcast(x)
+    silu = None if gate is None else torch.nn.functional.silu(upcast(gate))
+    if silu is not None and not norm_before_gate:
+        xf = xf * silu
+    xg = xf.unflatten(-1, (d // group_size, group_size))
+    y = (xg * torch.rsqrt(xg.square().mean(-1, keepdim=True) + eps)).flatten(-2)
+    y = apply_affine(y, weight, None)
+    if silu is not None and norm_before_gate:
+        y = y * silu
+    return y.to(x.dtype)
+
+
 def real_tokens(x: Tensor, mask: Tensor | None) -> Tensor:
     """The (N, D) rows of `x` that are real tokens (all rows when `mask` is None)."""
     rows = x.reshape(-1, x.shape[-1])

@@ -170,7 +170,8 @@ def test_every_registered_norm_fills_every_slot_kind(name):
     """peri has pre and branch_out, normformer the hidden slot, post the post slot."""
     x = torch.randn(2, 4, DIM)
     for scheme in ("peri", "normformer", "post"):
-        block = make_block(DIM, HEADS, scheme=scheme, norm=name, depth=2)
+        block = make_block(DIM, HEADS, scheme=scheme, norm=name, depth=2,
+                           norm_kwargs=get_norm_class(name).example_kwargs(DIM))
         out = block(x)
         assert out.shape == x.shape and torch.isfinite(out).all()
 

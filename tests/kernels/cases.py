@@ -1,7 +1,9 @@
 """Shared cases for the kernel tests: independent float64 references and a runner.
 
 The references are written from the formulas (DyT: Zhu et al., CVPR 2025; LayerNorm: Ba et
-al. 2016; RMSNorm with eps inside the root as LLaMA / torch.nn.RMSNorm), not from normlab's code.
+al. 2016; RMSNorm with eps inside the root as LLaMA / torch.nn.RMSNorm; Gemma's zero-centred
+RMSNorm x/rms(x)·(1 + w); Derf: Chen et al. 2025; the gated RMSNorm of Mamba-2, over groups),
+not from normlab's code.
 """
 
 from __future__ import annotations
@@ -19,8 +21,13 @@ CPP = pytest.param(
 )
 CPU_BACKENDS = ["torch", CPP]
 
-OPS = ("rms_norm", "layer_norm", "dyt", "add_rms_norm", "add_layer_norm")
-EPS = {"rms_norm": 1e-6, "layer_norm": 1e-5, "add_rms_norm": 1e-6, "add_layer_norm": 1e-5}
+OPS = (
+    "rms_norm", "layer_norm", "dyt", "add_rms_norm", "add_layer_norm",
+    "zero_centered_rms_norm", "derf", "gated_rms_norm", "gated_rms_norm_before",
+)
+EPS = {"rms_norm": 1e-6, "layer_norm": 1e-5, "add_rms_norm": 1e-6, "add_layer_norm": 1e-5,
+       "zero_centered_rms_norm": 1e-6, "gated_rms_norm": 1e-5, "gated_rms_norm_before": 1e-5}
+GATED = ("gated_rms_norm", "gated_rms_norm_before")
 # (atol, rtol) on outputs and gradients, for values of order 1.
 TOL = {
     torch.float64: (1e-10, 1e-10),
@@ -55,8 +62,29 @@ def ref_dyt(x: Tensor, alpha, w, b) -> Tensor:
     return _affine(torch.tanh(a * x.double()), w, b)
 
 
+def ref_derf(x: Tensor, alpha, shift, w, b) -> Tensor:
+    return _affine(torch.erf(alpha.double() * x.double() + shift.double()), w, b)
+
+
+def group_size(d: int) -> int:
+    """The gated cases' group: D over its smallest prime factor (one group when D is prime)."""
+    factor = next((f for f in range(2, d + 1) if d % f == 0), 1)
+    return d // factor if factor < d else d
+
+
+def ref_gated(x: Tensor, z: Tensor, w, size: int, eps: float, norm_before_gate: bool) -> Tensor:
+    x, z = x.double(), z.double()
+    gate = z / (1 + torch.exp(-z))
+    u = x if norm_before_gate else x * gate
+    ug = u.unflatten(-1, (-1, size))
+    y = (ug / torch.sqrt((ug * ug).mean(-1, keepdim=True) + eps)).flatten(-2)
+    y = _affine(y, w, None)
+    return y * gate if norm_before_gate else y
+
+
 def make_inputs(op: str, shape, dtype, *, weight=True, bias=True, seed=0, param_dtype=None):
-    """Leaf tensors (requires_grad) for `op`: x[, residual], [alpha], weight, bias."""
+    """Leaf tensors (requires_grad) for `op`: x[, residual | gate], [alpha, shift], weight,
+    bias (the gated norm has none)."""
     gen = torch.Generator().manual_seed(seed)
     d = shape[-1]
     pdt = param_dtype or dtype
@@ -68,18 +96,36 @@ def make_inputs(op: str, shape, dtype, *, weight=True, bias=True, seed=0, param_
     inputs = {"x": leaf(*shape, scale=2.0, shift=0.5)}
     if op.startswith("add_"):
         inputs["residual"] = leaf(*shape)
-    if op == "dyt":
+    if op in GATED:
+        inputs["gate"] = leaf(*shape, scale=2.0)
+    if op in ("dyt", "derf"):
         inputs["alpha"] = leaf(dt=pdt, scale=0.2, shift=0.6)
-    inputs["weight"] = leaf(d, dt=pdt, scale=0.5, shift=1.0) if weight else None
-    inputs["bias"] = leaf(d, dt=pdt, scale=0.5) if bias else None
+    if op == "derf":
+        inputs["shift"] = leaf(dt=pdt, scale=0.3)
+    # zero-centred: the stored w is small, the gain 1 + w about 1 as the other ops' weights
+    centre = 0.0 if op == "zero_centered_rms_norm" else 1.0
+    inputs["weight"] = leaf(d, dt=pdt, scale=0.5, shift=centre) if weight else None
+    if op not in GATED:
+        inputs["bias"] = leaf(d, dt=pdt, scale=0.5) if bias else None
     return inputs
 
 
 def call(op: str, inputs: dict, backend: str | None):
     """Outputs of `op` as a tuple (the residual ops return (y, h))."""
+    x, w = inputs["x"], inputs["weight"]
+    if op in GATED:
+        out = kernels.gated_rms_norm(x, inputs["gate"], w, group_size(x.shape[-1]), EPS[op],
+                                     norm_before_gate=op == "gated_rms_norm_before",
+                                     backend=backend)
+        return (out,)
+    if op == "zero_centered_rms_norm":
+        return (kernels.rms_norm(x, w, inputs["bias"], EPS[op], zero_centered=True,
+                                 backend=backend),)
     fn = getattr(kernels, op)
     if op == "dyt":
         out = fn(inputs["x"], inputs["alpha"], inputs["weight"], inputs["bias"], backend=backend)
+    elif op == "derf":
+        out = fn(x, inputs["alpha"], inputs["shift"], w, inputs["bias"], backend=backend)
     elif op.startswith("add_"):
         out = fn(inputs["x"], inputs["residual"], inputs["weight"], inputs["bias"], EPS[op],
                  backend=backend)
@@ -90,7 +136,14 @@ def call(op: str, inputs: dict, backend: str | None):
 
 def reference(op: str, inputs: dict):
     """Float64 outputs of the independent references, from the (rounded) inputs."""
-    x, w, b = inputs["x"], inputs["weight"], inputs["bias"]
+    x, w, b = inputs["x"], inputs["weight"], inputs.get("bias")
+    if op in GATED:
+        return (ref_gated(x, inputs["gate"], w, group_size(x.shape[-1]), EPS[op],
+                          op == "gated_rms_norm_before"),)
+    if op == "zero_centered_rms_norm":
+        return (ref_rms(x, None if w is None else 1 + w.double(), b, EPS[op]),)
+    if op == "derf":
+        return (ref_derf(x, inputs["alpha"], inputs["shift"], w, b),)
     if op == "dyt":
         return (ref_dyt(x, inputs["alpha"], w, b),)
     if op.startswith("add_"):

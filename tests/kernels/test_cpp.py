@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from tests.kernels.cases import call, make_inputs, ref_dyt
+from tests.kernels.cases import call, leaf_names, make_inputs, ref_dyt, reference
 
 from normlab import kernels
 from normlab.kernels import cpu
@@ -52,7 +52,8 @@ def test_opcheck_dyt_and_backward_ops():
 @needs_cpp
 def test_compiles_with_the_ops_in_the_graph_forward_and_backward():
     # AOTAutograd traces the autograd rules registered in C++ through the Python fakes.
-    norm, dyt = cpu.entry_points()
+    points = cpu.entry_points()
+    norm, dyt = points.norm, points.dyt
     w = torch.randn(32, requires_grad=True)
     alpha = torch.tensor(0.7, requires_grad=True)
     r = torch.randn(2, 3, 32, requires_grad=True)
@@ -66,6 +67,30 @@ def test_compiles_with_the_ops_in_the_graph_forward_and_backward():
     grads = [torch.autograd.grad(g(x).square().sum(), (x, r, w, alpha)) for g in (compiled, f)]
     torch.testing.assert_close(compiled(x), f(x))
     torch.testing.assert_close(grads[0], grads[1])
+
+
+@needs_cpp
+@pytest.mark.parametrize("gate", [False, True])
+@pytest.mark.parametrize("norm_before_gate", [False, True])
+def test_opcheck_gated_and_derf_ops(gate, norm_before_gate):
+    ops = torch.ops.normlab_cpu
+    x = torch.randn(3, 12, requires_grad=True)
+    z = torch.randn(3, 12, requires_grad=True) if gate else None
+    w = torch.randn(12, requires_grad=True)
+    torch.library.opcheck(ops.gated_fwd.default, (x, z, w, 1e-5, 4, norm_before_gate))
+    zd = None if z is None else z.detach()
+    _, rstd = ops.gated_fwd(x.detach(), zd, w.detach(), 1e-5, 4, norm_before_gate)
+    dy = torch.randn(3, 12)
+    for need in (True, False):
+        torch.library.opcheck(
+            ops.gated_bwd.default, (dy, x.detach(), zd, w.detach(), rstd, 4, norm_before_gate, need)
+        )
+    a, s = torch.tensor(0.5, requires_grad=True), torch.tensor(0.1, requires_grad=True)
+    torch.library.opcheck(ops.derf_fwd.default, (x, a, s, w if gate else None, None))
+    torch.library.opcheck(
+        ops.derf_bwd.default, (dy, x.detach(), a.detach(), s.detach(), w.detach(), gate, True,
+                               not gate, True)
+    )
 
 
 @needs_cpp
@@ -153,19 +178,19 @@ def test_nan_in_a_row_reaches_the_norm_outputs_and_gradients():
 
 
 @needs_cpp
+@pytest.mark.parametrize("op", ["dyt", "derf", "gated_rms_norm", "gated_rms_norm_before"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_parameter_gradients_sum_over_every_chunk(threads):
+def test_parameter_gradients_sum_over_every_chunk(threads, op):
     # Many rows: the backward splits them into one partial sum per thread.
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        inputs = make_inputs("dyt", (1000, 40), torch.float64)
-        y = kernels.dyt(inputs["x"], inputs["alpha"], inputs["weight"], inputs["bias"],
-                        backend="cpp")
+        inputs = make_inputs(op, (1000, 40), torch.float64)
+        (y,) = call(op, inputs, "cpp")
         g = torch.randn_like(y)
-        got = torch.autograd.grad(y, [inputs["alpha"], inputs["weight"], inputs["bias"]], g)
-        ref = inputs["weight"] * torch.tanh(inputs["alpha"] * inputs["x"]) + inputs["bias"]
-        want = torch.autograd.grad(ref, [inputs["alpha"], inputs["weight"], inputs["bias"]], g)
+        leaves = [inputs[k] for k in leaf_names(inputs)]
+        got = torch.autograd.grad(y, leaves, g)
+        want = torch.autograd.grad(reference(op, inputs)[0], leaves, g)
         for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
     finally:
@@ -173,7 +198,7 @@ def test_parameter_gradients_sum_over_every_chunk(threads):
 
 
 @needs_cpp
-@pytest.mark.parametrize("op", ["rms_norm", "dyt", "add_layer_norm"])
+@pytest.mark.parametrize("op", ["rms_norm", "dyt", "add_layer_norm", "derf", "gated_rms_norm"])
 def test_gradients_of_any_subset_of_inputs(op):
     # The backward skips the parameter sums nobody asked for; what it returns is unchanged.
     inputs = make_inputs(op, (6, 40), torch.float64)

@@ -100,6 +100,35 @@ def test_opcheck_backward_ops():
     torch.library.opcheck(ops.dyt_bwd, (dy, x.detach(), a, w.detach(), True, True, False))
 
 
+@pytest.mark.parametrize("gate", [False, True])
+@pytest.mark.parametrize("norm_before_gate", [False, True])
+def test_opcheck_gated_ops(gate, norm_before_gate):
+    x = torch.randn(3, 12, device=DEVICE, requires_grad=True)
+    z = torch.randn(3, 12, device=DEVICE, requires_grad=True) if gate else None
+    w = torch.randn(12, device=DEVICE, requires_grad=True)
+    torch.library.opcheck(ops.gated_fwd, (x, z, w, 1e-5, 4, norm_before_gate))
+    _, rstd = ops.gated_fwd(x.detach(), None if z is None else z.detach(), w.detach(), 1e-5, 4,
+                            norm_before_gate)
+    assert rstd.shape == (9,)
+    dy = torch.randn(3, 12, device=DEVICE)
+    zd = None if z is None else z.detach()
+    torch.library.opcheck(
+        ops.gated_bwd, (dy, x.detach(), zd, w.detach(), rstd, 4, norm_before_gate, True)
+    )
+
+
+def test_opcheck_derf_ops():
+    x = torch.randn(3, 10, device=DEVICE, requires_grad=True)
+    a = torch.tensor(0.5, device=DEVICE, requires_grad=True)
+    s = torch.tensor(0.1, device=DEVICE, requires_grad=True)
+    w = torch.randn(10, device=DEVICE, requires_grad=True)
+    torch.library.opcheck(ops.derf_fwd, (x, a, s, w, None))
+    dy = torch.randn(3, 10, device=DEVICE)
+    torch.library.opcheck(
+        ops.derf_bwd, (dy, x.detach(), a.detach(), s.detach(), w.detach(), True, True, True, False)
+    )
+
+
 def test_fake_shapes_trace_without_running():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -107,3 +136,5 @@ def test_fake_shapes_trace_without_running():
         x = torch.empty(6, 40)
         y, h, mean, rstd = ops.norm_fwd(x, x, None, None, 1e-6, True)
         assert (y.shape, h.shape, mean.shape, rstd.shape) == ((6, 40), (6, 40), (0,), (6,))
+        y, rstd = ops.gated_fwd(x, x, None, 1e-5, 8, False)
+        assert (y.shape, rstd.shape) == ((6, 40), (30,))

@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
 
-from normlab import make_norm
+from normlab import get_norm_class, make_norm
 from normlab.norms.base import Norm
 
 F64 = torch.float64
 
 
+Spec = str | functools.partial
+
+
+def norm_class(spec: Spec) -> type[Norm]:
+    """The class a registry name or a partial of a norm class builds."""
+    return spec.func if isinstance(spec, functools.partial) else get_norm_class(spec)
+
+
+def make(spec: Spec, dim: int, **kw) -> Norm:
+    """`make_norm(spec, dim, **kw)` with the class's example values for the arguments it
+    requires (`Norm.example_kwargs`: gatedrmsnorm's group_size), unless `kw` gives them."""
+    return make_norm(spec, dim, **{**norm_class(spec).example_kwargs(dim), **kw})
+
+
 def perturbed(
-    name: str, dim: int, *, scale: float = 0.3, dtype: torch.dtype = F64, seed: int = 0, **kw
+    name: Spec, dim: int, *, scale: float = 0.3, dtype: torch.dtype = F64, seed: int = 0, **kw
 ) -> Norm:
-    """`make_norm(name, dim, dtype=dtype, **kw)` with every parameter moved off its init by
+    """`make(name, dim, dtype=dtype, **kw)` with every parameter moved off its init by
     `scale`·N(0, 1), so a parameter the forward ignores changes nothing and shows."""
     torch.manual_seed(seed)
-    norm = make_norm(name, dim, dtype=dtype, **kw)
+    norm = make(name, dim, dtype=dtype, **kw)
     with torch.no_grad():
         for p in norm.parameters():
             p.add_(scale * torch.randn_like(p))

@@ -1,4 +1,5 @@
-"""The contract every registered norm keeps, parametrized over `list_norms()`.
+"""The contract every registered norm keeps, parametrized over `list_norms()` and the variants
+that change a norm's parameters (zero-centred γ, the gated norm's other order).
 
 A new norm is tested here as soon as it is registered: gradients (fp64 gradcheck, parameters
 included), half precision with fp32 statistics, shapes, state_dict round trip, train/eval
@@ -12,14 +13,21 @@ import functools
 
 import pytest
 import torch
-from tests.norms.helpers import perturbed, random_mask
+from tests.norms.helpers import make, norm_class, perturbed, random_mask
 from torch.func import functional_call
 
 from normlab import NormInfo, get_norm_class, list_norms, make_norm, register_norm
 from normlab.diagnostics import metrics
 from normlab.norms.base import Norm
 
-NAMES = list_norms()
+VARIANTS = [
+    functools.partial(get_norm_class("rmsnorm"), zero_centered_gamma=True),
+    functools.partial(get_norm_class("layernorm"), zero_centered_gamma=True),
+    functools.partial(get_norm_class("gatedrmsnorm"), norm_before_gate=True),
+]
+NAMES = [*list_norms(), *(pytest.param(v, id=f"{v.func.name}-{'-'.join(v.keywords)}")
+                          for v in VARIANTS)]
+STATEFUL = [n for n in list_norms() if get_norm_class(n).info.has_running_stats]
 DIM = 16
 
 # Switching PRepBN to eval mid-schedule is what these tests do on purpose.
@@ -63,8 +71,8 @@ def float_buffers(norm: Norm) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_declares_facts(name):
-    cls = get_norm_class(name)
-    assert cls.name == name
+    cls = norm_class(name)
+    assert cls.name == (name if isinstance(name, str) else name.func.name)
     assert isinstance(cls.info, NormInfo)
     assert cls.info.stats in ("token", "batch", "none")
     assert cls.info.fold in ("op", "affine", "none")
@@ -76,7 +84,7 @@ def test_declares_facts(name):
 def test_declared_scalars_and_squash(name):
     """`info.scalars` are the 0-d tensors `recorded_scalars` reports; a declared `Squash` is
     what the forward computes with γ = 1, β = 0: y = fn(gain·x), whatever the gain."""
-    norm = make_norm(name, DIM, dtype=torch.float64)
+    norm = make(name, DIM, dtype=torch.float64)
     declared = norm.info.scalars
     values = norm.recorded_scalars()
     assert list(values) == list(declared)
@@ -115,7 +123,7 @@ def test_gradcheck_fp64(name, masked):
     assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if get_norm_class(n).info.has_running_stats])
+@pytest.mark.parametrize("name", STATEFUL)
 def test_gradcheck_fp64_eval(name):
     norm = warm_up(build(name, 8, dtype=torch.float64), shape=(4, 5, 8), dtype=torch.float64)
     norm.eval()
@@ -135,7 +143,7 @@ def test_half_precision_uses_fp32_statistics(name, dtype, built_in):
     if built_in == "half":
         norm = build(name, dtype=dtype)
         assert all(p.dtype == dtype for p in norm.parameters())
-        reference = make_norm(name, DIM)  # the same (rounded) parameters, in float32
+        reference = make(name, DIM)  # the same (rounded) parameters, in float32
         reference.load_state_dict(norm.state_dict())
     else:
         norm = reference = build(name)
@@ -152,11 +160,11 @@ def test_half_precision_uses_fp32_statistics(name, dtype, built_in):
 
 
 @pytest.mark.parametrize("dtype", HALF)
-@pytest.mark.parametrize("name", [n for n in NAMES if get_norm_class(n).info.has_running_stats])
+@pytest.mark.parametrize("name", STATEFUL)
 def test_running_statistics_stay_fp32(name, dtype):
     """Built in a half dtype, trained on half inputs or converted with .to(half): the running
     statistics are float32 (a half EMA would round its updates away); .double() gives float64."""
-    built = warm_up(make_norm(name, DIM, dtype=dtype), dtype=dtype)
+    built = warm_up(make(name, DIM, dtype=dtype), dtype=dtype)
     assert float_buffers(built)
     assert {b.dtype for b in float_buffers(built).values()} == {torch.float32}
     trained = warm_up(build(name))
@@ -199,7 +207,7 @@ def test_any_leading_shape(name, shape):
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_round_trip(name):
     trained = warm_up(build(name))
-    restored = make_norm(name, DIM)
+    restored = make(name, DIM)
     restored.load_state_dict(trained.state_dict(), strict=True)
     assert_same_state(state(trained), state(restored))
     x = torch.randn(3, 4, DIM)
@@ -276,7 +284,7 @@ def test_fold_claim(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_constructor_places_parameters(name):
-    norm = make_norm(name, DIM, dtype=torch.float64)
+    norm = make(name, DIM, dtype=torch.float64)
     for pname, p in norm.named_parameters():
         assert p.dtype == torch.float64, pname
     y = norm(torch.randn(2, 3, DIM, dtype=torch.float64))
@@ -285,7 +293,7 @@ def test_constructor_places_parameters(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_inputs_raise_clear_errors(name):
-    norm = make_norm(name, DIM)
+    norm = make(name, DIM)
     x = torch.randn(2, 3, DIM)
     with pytest.raises(ValueError, match=rf"\(\.\.\., {DIM}\)"):
         norm(torch.randn(2, 3, DIM + 1))
@@ -296,9 +304,9 @@ def test_bad_inputs_raise_clear_errors(name):
     with pytest.raises(TypeError, match="mask must be a bool"):
         norm(x, mask=torch.ones(2, 3))
     with pytest.raises(TypeError, match="unknown argument"):
-        make_norm(name, DIM, not_an_option=1)
+        make(name, DIM, not_an_option=1)
     with pytest.raises(ValueError, match="dim must be a positive int"):
-        make_norm(name, 0)
+        make(name, 0)
 
 
 def test_make_norm_specs():

@@ -91,7 +91,8 @@ def test_post_ln_fold_is_refused_before_anything_changes():
 def _gpt(norm: str = "layernorm", placement: str = "pre", depth: int = 2) -> GPT:
     torch.manual_seed(0)
     config = GPTConfig(
-        vocab_size=37, block_size=16, depth=depth, dim=32, heads=2, norm=norm, placement=placement
+        vocab_size=37, block_size=16, depth=depth, dim=32, heads=2, norm=norm, placement=placement,
+        norm_kwargs=get_norm_class(norm).example_kwargs(32),
     )
     return GPT(config)
 
@@ -136,7 +137,7 @@ def test_every_norm_folds_as_its_info_declares(norm):
         assert not norms and report.max_rel_error < TOL
         assert sum("norm removed" in c.detail for c in report.changes) == 5
     elif fold == "affine":  # only the statistics stay: the state of the affine=False form
-        plain = make_norm(norm, 32, affine=False)
+        plain = make_norm(norm, 32, affine=False, **get_norm_class(norm).example_kwargs(32))
         kept = {n for n, _ in plain.named_parameters()}
         assert len(norms) == 5 and report.max_rel_error < TOL
         for name, m in norms.items():

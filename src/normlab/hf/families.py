@@ -117,9 +117,9 @@ def refuse_unsupported(name: str, checks: dict[str, tuple[Any, bool]], why: str)
 
 
 def norm_weight(module: Norm) -> Tensor:
-    """γ, ones for a norm without one (affine=False)."""
+    """γ (1 + w for a zero-centred weight), ones for a norm without one (affine=False)."""
     if module.weight is not None:
-        return module.weight.detach()
+        return module.weight.detach() + module.weight_offset
     return torch.ones(module.dim)
 
 

@@ -21,3 +21,17 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 
 def dyt(x: Tensor, alpha: Tensor | float, weight: Tensor | None, bias: Tensor | None) -> Tensor:
     return F.dyt(x, alpha, weight, bias)
+
+
+def derf(
+    x: Tensor, alpha: Tensor | float, shift: Tensor | float, weight: Tensor | None,
+    bias: Tensor | None,
+) -> Tensor:
+    return F.derf(x, alpha, shift, weight, bias)
+
+
+def gated_rms_norm(
+    x: Tensor, gate: Tensor | None, weight: Tensor | None, group_size: int, eps: float,
+    norm_before_gate: bool,
+) -> Tensor:
+    return F.gated_rms_norm(x, gate, weight, group_size, eps, norm_before_gate=norm_before_gate)

@@ -103,6 +103,9 @@ class Norm(nn.Module):
     info: ClassVar[NormInfo]
     name: ClassVar[str] = ""  # set by `register_norm`
     _stat_names: tuple[str, ...] = ()  # buffers registered by `register_stats`
+    # The gain is γ = weight_offset + weight: 1.0 for a zero-centred weight (Gemma's 1 + w),
+    # 0.0 for an ordinary one. Surgery reads γ through it (`zero_centre` sets it).
+    weight_offset: float = 0.0
 
     def __init__(self, dim: int, *, eps: float, affine: bool = True) -> None:
         super().__init__()
@@ -117,6 +120,14 @@ class Norm(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         self._check_input(x, mask)
         return self._normalize(x, mask)
+
+    @classmethod
+    def example_kwargs(cls, dim: int) -> dict[str, Any]:
+        """Values for the constructor arguments without a default, for code that builds every
+        registered norm at width `dim` (`normlab zoo`, the contract tests):
+        `make_norm(name, dim, **cls.example_kwargs(dim))`. Empty unless the method requires
+        an argument (`gatedrmsnorm`'s group_size)."""
+        return {}
 
     def _normalize(self, x: Tensor, mask: Tensor | None) -> Tensor:
         raise NotImplementedError
@@ -224,6 +235,16 @@ def affine_params(
     else:
         norm.register_parameter("weight", None)
         norm.register_parameter("bias", None)
+
+
+def zero_centre(norm: Norm, enabled: bool) -> None:
+    """Store `norm.weight` zero-centred when `enabled`: w starts at 0 and the norm multiplies by
+    1 + w (`weight_offset` = 1), Gemma's convention and TransformerEngine's
+    `zero_centered_gamma`. A norm without a weight has nothing to centre."""
+    if enabled and norm.weight is not None:
+        with torch.no_grad():
+            norm.weight.zero_()
+        norm.weight_offset = 1.0
 
 
 def hold_state(ctx: Any, **state: Any) -> None:

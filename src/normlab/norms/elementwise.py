@@ -1,4 +1,4 @@
-"""Elementwise replacements for normalization: DyT and ELN (no statistics at all)."""
+"""Elementwise replacements for normalization: DyT, Derf and ELN (no statistics at all)."""
 
 from __future__ import annotations
 
@@ -140,3 +140,58 @@ class ELN(Norm):
 
     def _normalize(self, x: Tensor, mask: Tensor | None) -> Tensor:
         return eln(x, self.beta, self.shift, self.weight, self.bias)
+
+
+@register_norm("derf")
+class Derf(Norm):
+    """Dynamic erf: the error function in place of DyT's tanh, with a learned shift.
+
+        y = γ ⊙ erf(α·x + s) + β,   α and s learnable scalars, γ/β per channel
+
+    erf rises more steeply than tanh near 0 (erf'(0) = 2/√π ≈ 1.13 against 1) and saturates
+    faster (its tails decay like exp(−z²)); the paper finds it the best of the point-wise
+    functions it searched.
+
+    Args:
+        dim: channels C.
+        alpha_init: α₀ = 0.5, the official code's default (ViT, DNA and speech models; DiT-XL
+            uses 1.0 and the GPT-2 patch sets it per position, as DyT's `alpha_init`).
+        shift_init: s₀ = 0, the official default.
+        affine: learn γ (ones) and β (zeros). α and s are learned either way, as in the
+            official code.
+        bias: learn β.
+        eps: accepted for the common norm constructor and unused.
+
+    Train and eval are identical. Only γ/β fold into an adjacent Linear. Runs through
+    `normlab.kernels.derf` (backend "auto").
+
+    Paper: "Stronger Normalization-Free Transformers" (Chen, Lu, Zhu, Sun, Liu, arXiv
+    2512.10938, 2025); official code zlab-princeton/Derf (`Dynamic_erf`: α and s are
+    one-element parameters, as here).
+    """
+
+    info = NormInfo(
+        family="elementwise", stats="none", fold="affine",
+        paper="Stronger Normalization-Free Transformers (Chen, Lu, Zhu, Sun, Liu, arXiv 2025)",
+        scalars=("alpha", "shift"),
+    )
+
+    def __init__(
+        self, dim: int, *, alpha_init: float = 0.5, shift_init: float = 0.0, eps: float = 0.0,
+        affine: bool = True, bias: bool = True, device=None, dtype=None,
+    ) -> None:
+        super().__init__(dim, eps=eps, affine=affine)
+        for label, value in (("alpha_init", alpha_init), ("shift_init", shift_init)):
+            if not math.isfinite(value):
+                raise ValueError(f"derf: {label} must be a finite number, got {value!r}")
+        self.alpha_init, self.shift_init = float(alpha_init), float(shift_init)
+        self.alpha = nn.Parameter(torch.full((), self.alpha_init, device=device, dtype=dtype))
+        self.shift = nn.Parameter(torch.full((), self.shift_init, device=device, dtype=dtype))
+        affine_params(self, dim, bias=bias, device=device, dtype=dtype)
+
+    def _normalize(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        return kernels.derf(x, self.alpha, self.shift, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"{self.dim}, alpha_init={self.alpha_init:g}, shift_init={self.shift_init:g}, "
+                f"affine={self.affine}")

@@ -8,9 +8,12 @@ users who know them as `normlab.norms.functional`.
 from normlab.functional import (
     affine_of_moments,
     apply_affine,
+    check_group_size,
     compute_dtype,
     crms_norm,
+    derf,
     dyt,
+    gated_rms_norm,
     group_moments,
     group_norm,
     largest_divisor_at_most,
@@ -21,15 +24,20 @@ from normlab.functional import (
     resolve_groups,
     rms_norm,
     scale_norm,
+    seed_norm,
     upcast,
+    zero_centered_gain,
 )
 
 __all__ = [
     "affine_of_moments",
     "apply_affine",
+    "check_group_size",
     "compute_dtype",
     "crms_norm",
+    "derf",
     "dyt",
+    "gated_rms_norm",
     "group_moments",
     "group_norm",
     "largest_divisor_at_most",
@@ -40,5 +48,7 @@ __all__ = [
     "resolve_groups",
     "rms_norm",
     "scale_norm",
+    "seed_norm",
     "upcast",
+    "zero_centered_gain",
 ]

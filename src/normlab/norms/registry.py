@@ -68,14 +68,22 @@ def make_norm(spec: str | type[Norm] | functools.partial, dim: int, **kwargs: An
             f"make_norm: spec must be a norm name, a Norm subclass or a functools.partial, "
             f"got {spec!r}"
         )
-    check_norm_kwargs(cls, kwargs)
+    fixed = spec.keywords if isinstance(spec, functools.partial) else {}
+    check_norm_kwargs(cls, {**fixed, **kwargs})
     return factory(dim, **kwargs)
 
 
 def check_norm_kwargs(cls: type[Norm], kwargs: Mapping[str, Any]) -> None:
     """TypeError listing the accepted arguments if `cls.__init__` does not take all of `kwargs`
-    (a constructor with **kwargs takes anything)."""
+    (a constructor with **kwargs takes anything), or naming a required one that is missing."""
     params = inspect.signature(cls.__init__).parameters
+    label = getattr(cls, "name", "") or cls.__name__
+    missing = [
+        n for n, p in params.items()
+        if p.kind is p.KEYWORD_ONLY and p.default is p.empty and n not in kwargs
+    ]
+    if missing:
+        raise TypeError(f"{label}: missing required argument(s) {', '.join(missing)}")
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
     accepted = [
@@ -83,7 +91,6 @@ def check_norm_kwargs(cls: type[Norm], kwargs: Mapping[str, Any]) -> None:
     ]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
-        label = getattr(cls, "name", "") or cls.__name__
         raise TypeError(
             f"{label}: unknown argument(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}"
         )

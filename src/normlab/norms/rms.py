@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from normlab import functional as F
 from normlab import kernels
-from normlab.norms.base import Norm, NormInfo, affine_params
+from normlab.norms.base import Norm, NormInfo, affine_params, zero_centre
 from normlab.norms.registry import register_norm
 
 _RMSNORM_PAPER = "Root Mean Square Layer Normalization (Zhang, Sennrich, NeurIPS 2019)"
@@ -29,6 +29,11 @@ class RMSNorm(Norm):
             `torch.nn.RMSNorm` so that surgery on HuggingFace models and the fused kernels agree.
         affine: learn γ (ones).
         bias: also learn an offset β (zeros), the paper's optional `bias=True`.
+        zero_centered_gamma: store γ as 1 + w with w initialized to 0 (Gemma's RMSNorm,
+            TransformerEngine's name for it): y = x / sqrt(mean(x²) + eps) · (1 + w). The 1 is
+            added in float32 and the product cast once at the end (multiply, then cast), so a
+            bfloat16 model gives the outputs of `transformers`' GemmaRMSNorm; weight decay then
+            pulls γ towards 1 rather than 0. `weight` holds w; surgery reads γ = 1 + w.
 
     Paper: "Root Mean Square Layer Normalization" (Zhang & Sennrich, NeurIPS 2019).
     The default (eps inside) runs through `normlab.kernels.rms_norm` (backend "auto");
@@ -39,16 +44,24 @@ class RMSNorm(Norm):
 
     def __init__(
         self, dim: int, *, eps: float = 1e-6, affine: bool = True, bias: bool = False,
-        eps_outside: bool = False, device=None, dtype=None,
+        eps_outside: bool = False, zero_centered_gamma: bool = False, device=None, dtype=None,
     ) -> None:
         super().__init__(dim, eps=eps, affine=affine)
         self.eps_outside = eps_outside
         affine_params(self, dim, bias=bias, device=device, dtype=dtype)
+        zero_centre(self, zero_centered_gamma)
 
     def _normalize(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        zero_centered = bool(self.weight_offset)
         if self.eps_outside:
-            return F.rms_norm(x, self.weight, self.eps, eps_outside=True, bias=self.bias)
-        return kernels.rms_norm(x, self.weight, self.bias, self.eps)
+            gain = F.zero_centered_gain(self.weight) if zero_centered else self.weight
+            return F.rms_norm(x, gain, self.eps, eps_outside=True, bias=self.bias)
+        return kernels.rms_norm(
+            x, self.weight, self.bias, self.eps, zero_centered=zero_centered
+        )
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", zero_centered_gamma=True" if self.weight_offset else "")
 
 
 @register_norm("prmsnorm")

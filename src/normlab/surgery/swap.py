@@ -58,14 +58,15 @@ def _translate(
         inexact.append(f"{params.kind} → {cls.name or cls.__name__} is a different function")
     if new.eps != params.eps:
         inexact.append(f"eps {params.eps:g} → {new.eps:g}")
-    if params.is_normlab and type(params.module) is cls:
+    if params.is_normlab and type(params.module) is cls and \
+            params.module.weight_offset == new.weight_offset:
         new.load_state_dict(params.module.state_dict())
         moved.append("state_dict copied")
         return new, moved, inexact
     weight, bias = _per_channel(new, "weight", params.dim), _per_channel(new, "bias", params.dim)
     if params.weight is not None:
         if weight is not None:
-            weight.copy_(params.weight)
+            weight.copy_(params.weight - new.weight_offset)  # γ = offset + w
             moved.append("γ copied")
         elif not bool(params.weight.eq(1).all()):
             inexact.append(f"γ dropped ({cls.name} has no per-channel weight)")

@@ -108,6 +108,9 @@ def _read_normlab(norm: Norm) -> NormParams:
                 factor = (p.detach().double() / const.to(p.device, torch.float64)).to(p.dtype)
                 value = f"{const.item():g}" if const.dim() == 0 else "its affine=False value"
                 notes.append(f"γ = {name} / {value} (what {norm.name} keeps without affine)")
+            if name == "weight" and norm.weight_offset:  # zero-centred: γ = offset + w
+                factor = p + norm.weight_offset
+                notes.append(f"γ = {norm.weight_offset:g} + stored weight (zero-centred)")
             if factor.dim() == 0:
                 factor = factor.expand(channels)
                 notes.append(f"scalar {name} expanded to {norm.dim} channels")

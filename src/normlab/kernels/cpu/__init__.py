@@ -1,6 +1,7 @@
 """The C++ CPU kernels (norm_kernels.cpp), built when normlab is installed, as custom ops.
 
-    normlab_cpu::norm_fwd / norm_bwd / dyt_fwd / dyt_bwd     (signatures: normlab.kernels.op_rules)
+    normlab_cpu::norm_fwd / norm_bwd / dyt_fwd / dyt_bwd / derf_fwd / derf_bwd / gated_fwd /
+    gated_bwd     (signatures: normlab.kernels.op_rules)
 
 The library is compiled by `setup.py` against the installed torch (pip install
 --no-build-isolation, as scripts/venv.sh does) and loaded here on first use, never compiled at
@@ -10,7 +11,7 @@ import. Without it, or on a CPU without AVX2 when it was built for AVX2, `availa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import fields
 from functools import cache
 from pathlib import Path
 
@@ -40,13 +41,21 @@ def _load() -> str | None:
         return "the C++ kernels need a CPU with AVX2"
     try:
         torch.ops.load_library(str(path))
+        ops = _ops()
     except (OSError, RuntimeError) as err:
         return f"the C++ kernels at {path} do not load ({err}); rebuild them against this torch"
-    ops = torch.ops.normlab_cpu
-    op_rules.register_fakes(
-        ops.norm_fwd.default, ops.norm_bwd.default, ops.dyt_fwd.default, ops.dyt_bwd.default
-    )
+    except AttributeError as err:
+        return (f"the C++ kernels at {path} are older than this normlab ({err}); rebuild them "
+                f"(pip install --no-build-isolation -e .)")
+    # norm_fwd and dyt_fwd carry their autograd rules in C++
+    op_rules.register(ops, autograd=("derf_fwd", "gated_fwd"))
     return None
+
+
+def _ops() -> op_rules.Ops:
+    ops = torch.ops.normlab_cpu
+    names = [field.name for field in fields(op_rules.Ops)]
+    return op_rules.Ops(**{name: getattr(ops, name).default for name in names})
 
 
 def available() -> bool:
@@ -60,10 +69,9 @@ def reason() -> str:
 
 
 @cache
-def entry_points() -> tuple[Callable, Callable]:
-    """`norm` and `dyt` over the C++ ops (see `normlab.kernels.op_rules.entry_points`)."""
+def entry_points() -> op_rules.EntryPoints:
+    """The entry points over the C++ ops (see `normlab.kernels.op_rules.entry_points`)."""
     problem = _load()
     if problem is not None:
         raise RuntimeError(f"backend='cpp': {problem}; use backend='torch'")
-    ops = torch.ops.normlab_cpu
-    return op_rules.entry_points(ops.norm_fwd.default, ops.dyt_fwd.default)
+    return op_rules.entry_points(_ops())

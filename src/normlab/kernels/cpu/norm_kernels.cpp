@@ -1,4 +1,5 @@
-// Fused CPU kernels for LayerNorm, RMSNorm (each with an optional residual add) and DyT.
+// Fused CPU kernels for LayerNorm, RMSNorm (each with an optional residual add), DyT, Derf and
+// the gated, grouped RMSNorm.
 //
 // The ops mirror the Triton ones (normlab/kernels/triton/ops.py), so the same fake and autograd
 // rules serve both:
@@ -8,6 +9,7 @@
 //   normlab_cpu::dyt_fwd(x, alpha, weight?, bias?) -> y
 //   normlab_cpu::dyt_bwd(dy, x, alpha, weight?, need_dalpha, need_dw, need_db)
 //       -> (dx, dalpha, dw, db)
+//   normlab_cpu::derf_fwd / derf_bwd, gated_fwd / gated_bwd   (normlab/kernels/op_rules.py)
 //
 // x is (..., D), contiguous, read as M rows of D; float16/bfloat16/float32/float64. Statistics,
 // parameters and parameter gradients are in the accumulation type A: double for float64 input,
@@ -42,12 +44,22 @@
 #endif
 #include <algorithm>
 #include <optional>
+#include <vector>
 
-// glibc's scalar tanh under another name, declared SIMD-callable: GCC then calls libmvec's vector
-// variant (_ZGVdN4v_tanh, ...) from vectorized loops without -ffast-math.
+// glibc's scalar tanh, erf and exp under other names, declared SIMD-callable: GCC then calls
+// libmvec's vector variants (_ZGVdN4v_tanh, _ZGVdN8v_erff, _ZGVdN8v_expf, ...; erf since glibc
+// 2.35) from vectorized loops without -ffast-math.
 extern "C" {
 #pragma omp declare simd notinbranch
 double vec_tanh(double) noexcept __asm__("tanh");
+#pragma omp declare simd notinbranch
+double vec_erf(double) noexcept __asm__("erf");
+#pragma omp declare simd notinbranch
+float vec_erff(float) noexcept __asm__("erff");
+#pragma omp declare simd notinbranch
+double vec_exp(double) noexcept __asm__("exp");
+#pragma omp declare simd notinbranch
+float vec_expf(float) noexcept __asm__("expf");
 }
 
 namespace {
@@ -167,6 +179,10 @@ void for_lanes(int64_t d, Prefetch&& prefetch_line, Lanes&& lanes) {
 #endif
 
 inline double tanh_of(double v) { return vec_tanh(v); }
+inline float erf_of(float v) { return vec_erff(v); }
+inline double erf_of(double v) { return vec_erf(v); }
+inline float exp_of(float v) { return vec_expf(v); }
+inline double exp_of(double v) { return vec_exp(v); }
 using OptTensor = std::optional<Tensor>;
 
 // Rows per parallel chunk: enough work (~16K elements) to pay for a task.
@@ -537,6 +553,287 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dyt_bwd(const Tensor& dy, const Tenso
           need_db ? db_part.sum(0) : db_part.new_empty({0})};
 }
 
+// ---------------------------------------------------------------------------------------- Derf
+//
+//   y = w·erf(z) + b,  z = α·x + s;   with k = erf'(z) = 2/√π·exp(−z²):
+//   dx = g·w·α·k,  dα = Σ g·w·k·x,  ds = Σ g·w·k,  dw = Σ g·erf(z),  db = Σ g
+//
+// (The loops live in templates of their own: a pragma cannot sit inside the dispatch macro.)
+
+template <typename T, typename A>
+void derf_fwd_row(const T* x, A alpha, A shift, const A* w, const A* b, T* y, int64_t d) {
+#pragma omp simd
+  for (int64_t i = 0; i < d; ++i)
+    y[i] = static_cast<T>(erf_of(alpha * A(x[i]) + shift) * w[i] + b[i]);
+}
+
+// One row of the backward: writes dx, adds g·erf(z) to dw and g to db when given, and adds the
+// row's parts of dα and ds to da and ds when `sums`.
+template <typename T, typename A>
+void derf_bwd_row(const T* g, const T* x, A alpha, A shift, const A* w, T* dx, A* dw, A* db,
+                  bool sums, A& da, A& ds, int64_t d) {
+  const A k0 = A(1.1283791670955126);  // 2/√π
+  if (sums) {
+    A row_da = 0, row_ds = 0;
+#pragma omp simd reduction(+ : row_da, row_ds)
+    for (int64_t i = 0; i < d; ++i) {
+      const A xv = A(x[i]), z = alpha * xv + shift;
+      const A dz = A(g[i]) * w[i] * k0 * exp_of(-z * z);
+      dx[i] = static_cast<T>(dz * alpha);
+      row_da += dz * xv;
+      row_ds += dz;
+    }
+    da += row_da;
+    ds += row_ds;
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < d; ++i) {
+      const A z = alpha * A(x[i]) + shift;
+      dx[i] = static_cast<T>(A(g[i]) * w[i] * k0 * exp_of(-z * z) * alpha);
+    }
+  }
+  if (dw != nullptr) {
+#pragma omp simd
+    for (int64_t i = 0; i < d; ++i) dw[i] += A(g[i]) * erf_of(alpha * A(x[i]) + shift);
+  }
+  if (db != nullptr) {
+#pragma omp simd
+    for (int64_t i = 0; i < d; ++i) db[i] += A(g[i]);
+  }
+}
+
+Tensor derf_fwd(const Tensor& x, const Tensor& alpha, const Tensor& shift,
+                const OptTensor& weight, const OptTensor& bias) {
+  check_rows(x, "x");
+  TORCH_CHECK(alpha.numel() == 1 && shift.numel() == 1, "alpha and shift must have one element");
+  const int64_t m = n_rows(x), d = x.size(-1);
+  const Tensor w = param_or(weight, x, 1.0), b = param_or(bias, x, 0.0);
+  Tensor y = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "derf_fwd", [&] {
+    using A = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    const A a = alpha.item<A>(), sh = shift.item<A>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    const A *wp = w.data_ptr<A>(), *bp = b.data_ptr<A>();
+    parallel_rows(m, d, [&](int64_t r) {
+      derf_fwd_row(xp + r * d, a, sh, wp, bp, yp + r * d, d);
+    });
+  });
+  return y;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> derf_bwd(
+    const Tensor& dy, const Tensor& x, const Tensor& alpha, const Tensor& shift,
+    const OptTensor& weight, bool need_dalpha, bool need_dshift, bool need_dw, bool need_db) {
+  check_rows(x, "x");
+  check_rows(dy, "dy");
+  TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(),
+              "dy must match x in shape and dtype");
+  TORCH_CHECK(alpha.numel() == 1 && shift.numel() == 1, "alpha and shift must have one element");
+  const int64_t m = n_rows(x), d = x.size(-1);
+  const Tensor w = param_or(weight, x, 1.0);
+  const auto acc = x.options().dtype(acc_type(x));
+  const int64_t chunks = n_chunks(m, d);
+  const bool sums = need_dalpha || need_dshift;
+  Tensor dx = at::empty_like(x);
+  Tensor da_part = at::zeros({chunks}, acc), ds_part = at::zeros({chunks}, acc);
+  Tensor dw_part = at::zeros({need_dw ? chunks : 0, d}, acc);
+  Tensor db_part = at::zeros({need_db ? chunks : 0, d}, acc);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "derf_bwd", [&] {
+    using A = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    const A a = alpha.item<A>(), sh = shift.item<A>();
+    const scalar_t *gp = dy.data_ptr<scalar_t>(), *xp = x.data_ptr<scalar_t>();
+    scalar_t* dxp = dx.data_ptr<scalar_t>();
+    const A* wp = w.data_ptr<A>();
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        A* dw = need_dw ? dw_part.data_ptr<A>() + c * d : nullptr;
+        A* db = need_db ? db_part.data_ptr<A>() + c * d : nullptr;
+        A da = 0, ds = 0;
+        for (int64_t r = chunk_begin(c, chunks, m); r < chunk_begin(c + 1, chunks, m); ++r)
+          derf_bwd_row(gp + r * d, xp + r * d, a, sh, wp, dxp + r * d, dw, db, sums, da, ds, d);
+        da_part.data_ptr<A>()[c] = da;
+        ds_part.data_ptr<A>()[c] = ds;
+      }
+    });
+  });
+  return {dx, da_part.sum(), ds_part.sum(), need_dw ? dw_part.sum(0) : dw_part.new_empty({0}),
+          need_db ? db_part.sum(0) : db_part.new_empty({0})};
+}
+
+// ------------------------------------------------------------------------ gated, grouped RMSNorm
+//
+// Per group of n = group_size channels, with s = silu(z) = z·σ(z) and u the normalized input
+// (x·s gate-first, x norm-first): x̂ = u·rstd, rstd = 1/sqrt(mean(u²) + eps),
+//   gate first:  y = x̂·w              norm first:  y = x̂·w·s
+// backward, with dn the gradient reaching x̂·w (g, or g·s norm-first):
+//   du = rstd·(dn·w − x̂·mean(dn·w·x̂));  gate first: dx = du·s, dz = du·x·s'(z);
+//   norm first: dx = du, dz = g·x̂·w·s'(z);  dw = Σ dn·x̂;   s'(z) = σ(z)·(1 + z·(1 − σ(z)))
+// A group is staged in float buffers of n (u, s, ...), each loop one vectorizable pass.
+
+template <typename A>
+inline A sigmoid_of(A z) {
+  return A(1) / (A(1) + exp_of(-z));
+}
+
+// Group g of the forward: u (and s) into the buffers, then y; returns rstd.
+template <typename T, typename A>
+A gated_fwd_group(const T* x, const T* z, const A* w, T* y, A* u, A* s, int64_t n, A eps,
+                  bool norm_before_gate) {
+  if (z != nullptr) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const A zv = A(z[i]);
+      s[i] = zv * sigmoid_of(zv);
+      u[i] = norm_before_gate ? A(x[i]) : A(x[i]) * s[i];
+    }
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) u[i] = A(x[i]);
+  }
+  const A rs = A(1) / std::sqrt(lane_sum<A>(n, [&](int64_t i) { return u[i] * u[i]; }) / A(n) +
+                                eps);
+  if (z != nullptr && norm_before_gate) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) y[i] = static_cast<T>(u[i] * rs * w[i] * s[i]);
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) y[i] = static_cast<T>(u[i] * rs * w[i]);
+  }
+  return rs;
+}
+
+// Group g of the backward, see above; adds dn·x̂ to dw when given.
+template <typename T, typename A>
+void gated_bwd_group(const T* g, const T* x, const T* z, const A* w, A rs, T* dx, T* dz, A* dw,
+                     A* xh, A* dn, A* s, A* sd, int64_t n, bool norm_before_gate) {
+  if (z != nullptr) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const A zv = A(z[i]), sig = sigmoid_of(zv);
+      s[i] = zv * sig;
+      sd[i] = sig * (A(1) + zv * (A(1) - sig));
+      xh[i] = (norm_before_gate ? A(x[i]) : A(x[i]) * s[i]) * rs;
+      dn[i] = norm_before_gate ? A(g[i]) * s[i] : A(g[i]);
+    }
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      xh[i] = A(x[i]) * rs;
+      dn[i] = A(g[i]);
+    }
+  }
+  const A c1 = lane_sum<A>(n, [&](int64_t i) { return dn[i] * w[i] * xh[i]; }) / A(n);
+  if (z == nullptr) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) dx[i] = static_cast<T>(rs * (dn[i] * w[i] - xh[i] * c1));
+  } else if (norm_before_gate) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      dx[i] = static_cast<T>(rs * (dn[i] * w[i] - xh[i] * c1));
+      dz[i] = static_cast<T>(A(g[i]) * xh[i] * w[i] * sd[i]);
+    }
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const A du = rs * (dn[i] * w[i] - xh[i] * c1);
+      dx[i] = static_cast<T>(du * s[i]);
+      dz[i] = static_cast<T>(du * A(x[i]) * sd[i]);
+    }
+  }
+  if (dw != nullptr) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) dw[i] += dn[i] * xh[i];
+  }
+}
+
+void check_gate(const OptTensor& gate, const Tensor& x) {
+  if (!gate.has_value()) return;
+  check_rows(*gate, "gate");
+  TORCH_CHECK(gate->sizes() == x.sizes() && gate->scalar_type() == x.scalar_type(),
+              "gate must match x in shape and dtype");
+}
+
+std::tuple<Tensor, Tensor> gated_fwd(const Tensor& x, const OptTensor& gate,
+                                     const OptTensor& weight, double eps, int64_t group_size,
+                                     bool norm_before_gate) {
+  check_rows(x, "x");
+  check_gate(gate, x);
+  const int64_t m = n_rows(x), d = x.size(-1), n = group_size;
+  TORCH_CHECK(n >= 1 && d % n == 0, "group_size must divide D");
+  const int64_t groups = d / n;
+  const Tensor w = param_or(weight, x, 1.0);
+  Tensor y = at::empty_like(x);
+  Tensor rstd = at::empty({m * groups}, x.options().dtype(acc_type(x)));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gated_fwd", [&] {
+    using A = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* zp = gate.has_value() ? gate->data_ptr<scalar_t>() : nullptr;
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    const A* wp = w.data_ptr<A>();
+    A* rp = rstd.data_ptr<A>();
+    at::parallel_for(0, m, grain_rows(d), [&](int64_t r0, int64_t r1) {
+      std::vector<A> u(n), s(n);
+      for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t off = r * d + g * n;
+          rp[r * groups + g] = gated_fwd_group(xp + off, zp == nullptr ? nullptr : zp + off,
+                                               wp + g * n, yp + off, u.data(), s.data(), n, A(eps),
+                                               norm_before_gate);
+        }
+      }
+    });
+  });
+  return {y, rstd};
+}
+
+std::tuple<Tensor, Tensor, Tensor> gated_bwd(const Tensor& dy, const Tensor& x,
+                                             const OptTensor& gate, const OptTensor& weight,
+                                             const Tensor& rstd, int64_t group_size,
+                                             bool norm_before_gate, bool need_dw) {
+  check_rows(x, "x");
+  check_rows(dy, "dy");
+  TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(),
+              "dy must match x in shape and dtype");
+  check_gate(gate, x);
+  const int64_t m = n_rows(x), d = x.size(-1), n = group_size;
+  TORCH_CHECK(n >= 1 && d % n == 0, "group_size must divide D");
+  const int64_t groups = d / n;
+  TORCH_CHECK(rstd.scalar_type() == acc_type(x) && rstd.numel() == m * groups,
+              "rstd must have one entry per group of every row");
+  const Tensor w = param_or(weight, x, 1.0);
+  const auto acc = x.options().dtype(acc_type(x));
+  const int64_t chunks = n_chunks(m, d);
+  Tensor dx = at::empty_like(x);
+  Tensor dz = gate.has_value() ? at::empty_like(x) : at::empty({0}, x.options());
+  Tensor dw_part = at::zeros({need_dw ? chunks : 0, d}, acc);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gated_bwd", [&] {
+    using A = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    const scalar_t *gp = dy.data_ptr<scalar_t>(), *xp = x.data_ptr<scalar_t>();
+    const scalar_t* zp = gate.has_value() ? gate->data_ptr<scalar_t>() : nullptr;
+    scalar_t* dxp = dx.data_ptr<scalar_t>();
+    scalar_t* dzp = gate.has_value() ? dz.data_ptr<scalar_t>() : nullptr;
+    const A* wp = w.data_ptr<A>();
+    const A* rp = rstd.data_ptr<A>();
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      std::vector<A> xh(n), dn(n), s(n), sd(n);
+      for (int64_t c = c0; c < c1; ++c) {
+        A* dw = need_dw ? dw_part.data_ptr<A>() + c * d : nullptr;
+        for (int64_t r = chunk_begin(c, chunks, m); r < chunk_begin(c + 1, chunks, m); ++r) {
+          for (int64_t g = 0; g < groups; ++g) {
+            const int64_t off = r * d + g * n;
+            gated_bwd_group(gp + off, xp + off, zp == nullptr ? nullptr : zp + off, wp + g * n,
+                            rp[r * groups + g], dxp + off, dzp == nullptr ? nullptr : dzp + off,
+                            dw == nullptr ? nullptr : dw + g * n, xh.data(), dn.data(), s.data(),
+                            sd.data(), n, norm_before_gate);
+          }
+        }
+      }
+    });
+  });
+  return {dx, dz, need_dw ? dw_part.sum(0) : dw_part.new_empty({0})};
+}
+
 // ------------------------------------------------------------------------------------ autograd
 //
 // The autograd rules of norm_fwd and dyt_fwd, registered in C++ so that an eager call pays no
@@ -659,6 +956,14 @@ TORCH_LIBRARY(normlab_cpu, m) {
   m.def("dyt_bwd(Tensor dy, Tensor x, Tensor alpha, Tensor? weight, bool need_dalpha,"
         " bool need_dw, bool need_db)"
         " -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("derf_fwd(Tensor x, Tensor alpha, Tensor shift, Tensor? weight, Tensor? bias) -> Tensor");
+  m.def("derf_bwd(Tensor dy, Tensor x, Tensor alpha, Tensor shift, Tensor? weight,"
+        " bool need_dalpha, bool need_dshift, bool need_dw, bool need_db)"
+        " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("gated_fwd(Tensor x, Tensor? gate, Tensor? weight, float eps, int group_size,"
+        " bool norm_before_gate) -> (Tensor, Tensor)");
+  m.def("gated_bwd(Tensor dy, Tensor x, Tensor? gate, Tensor? weight, Tensor rstd,"
+        " int group_size, bool norm_before_gate, bool need_dw) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(normlab_cpu, CPU, m) {
@@ -666,6 +971,10 @@ TORCH_LIBRARY_IMPL(normlab_cpu, CPU, m) {
   m.impl("norm_bwd", &norm_bwd);
   m.impl("dyt_fwd", &dyt_fwd);
   m.impl("dyt_bwd", &dyt_bwd);
+  m.impl("derf_fwd", &derf_fwd);
+  m.impl("derf_bwd", &derf_bwd);
+  m.impl("gated_fwd", &gated_fwd);
+  m.impl("gated_bwd", &gated_bwd);
 }
 
 TORCH_LIBRARY_IMPL(normlab_cpu, Autograd, m) {

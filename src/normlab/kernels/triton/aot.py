@@ -45,10 +45,12 @@ KERNELS = {
     "norm_bwd": K.norm_bwd_kernel,
     "dyt_fwd": K.dyt_fwd_kernel,
     "dyt_bwd": K.dyt_bwd_kernel,
+    "derf_fwd": K.derf_fwd_kernel,
+    "derf_bwd": K.derf_bwd_kernel,
 }
 TRITON_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 # Pointer arguments that are float32 whatever the activations' dtype.
-_FLOAT32_BUFFERS = {"MEAN", "RSTD", "DA_PART", "DW_PART", "DB_PART"}
+_FLOAT32_BUFFERS = {"MEAN", "RSTD", "DA_PART", "DS_PART", "DW_PART", "DB_PART"}
 
 
 @dataclasses.dataclass(frozen=True)
