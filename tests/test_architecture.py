@@ -42,7 +42,7 @@ LAYERS: list[set[str]] = [
     {"weights"},
     {"blocks"},
     {"models"},
-    {"surgery", "diagnostics", "hf"},
+    {"surgery", "diagnostics", "hf", "quant"},
     {"bench"},
     {ROOT},
     {"cli"},

@@ -7,6 +7,7 @@
     normlab diagnose (--preset NAME | --gpt | --model DIR) --out DIR   # layer-by-layer metrics
     normlab convert SRC_DIR --to rmsnorm|crmsnorm|fold --out DST_DIR  # exact norm surgery
     normlab export RUN_DIR --out DIR              # a trained run as a transformers folder
+    normlab quantize (--run RUN_DIR | --model DIR) --spec W4A8 [--migrate smoothquant]
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from normlab.bench import export as export_command
 from normlab.bench.train import RunInterrupted
 from normlab.diagnostics import command as diagnose_command
 from normlab.diagnostics.command import int_at_least
+from normlab.quant import command as quantize_command
 from normlab.surgery import command as convert_command
 
 
@@ -97,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose_command.add_parser(sub, bench=bench_package)
     convert_command.add_parser(sub)
     export_command.add_parser(sub)
+    quantize_command.add_parser(sub, bench=bench_package)
     return parser
 
 

