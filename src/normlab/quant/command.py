@@ -57,6 +57,8 @@ def add_parser(subparsers: Any, *, bench: ModuleType | None = None) -> argparse.
     parser.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant's α")
     parser.add_argument("--batches", type=int_at_least(1), default=4,
                         help="evaluation batches (and calibration batches)")
+    parser.add_argument("--seq-len", type=int_at_least(1), default=64,
+                        help="with --model: tokens per random batch (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="data seed")
     parser.add_argument("--out", type=Path, default=None, help="also write the reports (JSON)")
     parser.set_defaults(func=lambda args: run_command(args, bench=bench))
@@ -79,7 +81,7 @@ def _hf_source(args: argparse.Namespace):
         raise ValueError(f"--model {args.model}: no such directory (a save_pretrained folder)")
     model, causal = load_hf(args.model)
     batches = hf_batches(model, causal=causal, count=2 * args.batches, batch_size=4,
-                         seq_len=64, seed=args.seed)
+                         seq_len=args.seq_len, seed=args.seed)
     score = (lambda m, b: m(**b).loss.item()) if causal else None
     return model.eval(), batches[: args.batches], batches[args.batches:], score
 

@@ -17,14 +17,16 @@ returns (default: the logits or last hidden state), summed over batches,
     output_rel_error = ‖o_q − o‖ / ‖o‖,  output_cosine = mean over rows of cos(o_q, o)
 
 and, when `score(model, batch) -> float` is given (a loss, an accuracy), its mean over batches
-in floating point and quantized. Runs in eval mode without gradients; the model's training
+in floating point and quantized, with the standard error of the mean of the per-batch change
+(`score_delta_se`: std over batches / √batches; None for one batch), the batch-sampling
+noise of the paired difference. Runs in eval mode without gradients; the model's training
 flags are restored.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -48,8 +50,14 @@ ScoreFn = Callable[[nn.Module, Batch], float]
 
 
 def default_output(model: nn.Module, batch: Batch) -> Tensor:
-    """The model's main output tensor: logits, or the last hidden state."""
-    out = main_output(call_model(model, batch))
+    """The model's main output tensor: `logits` or `last_hidden_state` of a mapping output
+    (HuggingFace), else the first tensor (normlab's (logits, loss) pair)."""
+    result = call_model(model, batch)
+    if isinstance(result, Mapping):
+        for key in ("logits", "last_hidden_state"):
+            if isinstance(result.get(key), Tensor):
+                return result[key]
+    out = main_output(result)
     if out is None:
         raise ValueError(f"{type(model).__name__} returned no tensor; pass output=(model, batch) "
                          "-> Tensor")
@@ -79,6 +87,7 @@ class QuantReport:
     output_cosine: float = math.nan
     score_fp: float | None = None
     score_quant: float | None = None
+    score_delta_se: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,8 +99,9 @@ class QuantReport:
         lines = [f"{self.spec} on {self.batches} batch(es): output rel error "
                  f"{self.output_rel_error:.3g}, cosine {self.output_cosine:.6f}"]
         if self.score_fp is not None:
+            se = "" if self.score_delta_se is None else f", change ± {self.score_delta_se:.2g} (SE)"
             lines.append(f"  score: {self.score_fp:.5g} (float) → {self.score_quant:.5g} "
-                         f"(quantized)")
+                         f"(quantized{se})")
         for s in self.sites:
             lines.append(f"  {s.path}: rel error {s.rel_error:.3g} ({s.sqnr_db:.1f} dB)")
         return "\n".join(lines)
@@ -180,4 +190,8 @@ def quant_error(
     if score is not None:
         report.score_fp = sum(scores_fp) / len(scores_fp)
         report.score_quant = sum(scores_q) / len(scores_q)
+        if len(batches) > 1:
+            deltas = torch.tensor(scores_q, dtype=torch.float64) - torch.tensor(scores_fp,
+                                                                              dtype=torch.float64)
+            report.score_delta_se = (deltas.std() / math.sqrt(len(deltas))).item()
     return report
