@@ -27,7 +27,9 @@ The outlier columns come from `normlab.diagnostics.outliers` on the calibration 
 largest channel spread (max/median of the per-channel max |y|) over the norms inside the blocks
 (whose output the blocks' Linears read), and the factor by which the affine multiplies it.
 
-Rows are appended to benchmarks/results/quantization.csv; the last line is a JSON summary.
+Rows are appended to benchmarks/results/quantization.csv; the markdown table of
+docs/quantization.md is printed (and `--table` prints it again from the CSV's latest run); the
+last line is a JSON summary.
 """
 
 from __future__ import annotations
@@ -242,6 +244,53 @@ def measure(name: str, norm: str, model: nn.Module, batches: list, calibration: 
     return rows
 
 
+def _value(row: dict | None, metric: str) -> str:
+    if row is None:
+        return "–"
+    if row.get("note", "").startswith("refused"):
+        return "refused"
+    if metric == "score":
+        delta = float(row["score"]) - float(row["score_fp32"])
+        return f"{delta:+.4f} ± {float(row['score_delta_se']):.4f}"
+    return f"{float(row['output_cosine']):.4f}"
+
+
+def render(rows: list[dict]) -> str:
+    """The markdown table of docs/quantization.md: per model, norm and spec, the change of the
+    score (loss, accuracy) or, for MiniLM, the embedding cosine, under each migration."""
+    lines = ["| model | norm | fp32 | spread (γ×) | spec | none | SmoothQuant | RepQ-ViT | "
+             "a: per channel |", "|" + "---|" * 9]
+    index = {(r["model"], r["norm"], r["migration"], r["spec"]): r for r in rows}
+    groups = dict.fromkeys((r["model"], r["norm"]) for r in rows)
+    for model, norm in groups:
+        first = next(r for r in rows if (r["model"], r["norm"]) == (model, norm))
+        metric = "score" if first.get("score_name") else "cosine"
+        fp32 = (f"{first['score_name']} {float(first['score_fp32']):.4f}" if metric == "score"
+                else "cosine 1")
+        spread = f"{float(first['channel_spread']):.1f} ({float(first['gamma_factor']):.2f})"
+        for label in ("W8A8 w:tensor", "W8A8 w:channel", "W4A8 w:tensor", "W4A8 w:channel"):
+            cells = []
+            for migration in ("none", "smoothquant", "repq"):
+                row = index.get((model, norm, migration, label))
+                row = row or index.get((model, norm, migration, "-"))
+                cells.append(_value(row, metric))
+            ref = index.get((model, norm, "none", label.split(" ")[0] + " w:channel a:channel"))
+            bound = _value(ref, metric) if label.endswith("channel") else ""
+            lines.append(f"| {model} | {norm} | {fp32} | {spread} | {label} | "
+                         + " | ".join(cells) + f" | {bound} |")
+    return "\n".join(lines)
+
+
+def latest_rows(path: Path) -> list[dict]:
+    """The rows of the most recent run recorded in the CSV at `path`."""
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise SystemExit(f"{path} holds no rows")
+    last = rows[-1]["date"]
+    return [r for r in rows if r["date"] == last]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", default=["gpt", "llama", "vit", "minilm"],
@@ -253,7 +302,12 @@ def main() -> None:
                         help="where the trained runs live (reused when the config matches)")
     parser.add_argument("--quick", action="store_true", help="tiny models, a smoke run")
     parser.add_argument("--no-save", action="store_true", help="do not append to the CSV")
+    parser.add_argument("--table", action="store_true",
+                        help="only print the markdown table of the latest run in the CSV")
     args = parser.parse_args()
+    if args.table:
+        print(render(latest_rows(RESULTS)))
+        return
     torch.manual_seed(0)
     started = time.perf_counter()
     rows: list[dict] = []
@@ -279,6 +333,7 @@ def main() -> None:
             if new:
                 writer.writeheader()
             writer.writerows({**env, **row} for row in rows)
+    print(render([{k: str(v) for k, v in row.items()} for row in rows]))
     print(json.dumps({"rows": len(rows), "seconds": round(time.perf_counter() - started, 1),
                       **env}))
 
