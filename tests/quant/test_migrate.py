@@ -93,6 +93,23 @@ def test_repq_gives_every_channel_the_same_centred_range():
                                    atol=1e-5 * mean_span.item())
 
 
+@pytest.mark.parametrize("constant", [[5], list(range(32))])
+def test_repq_leaves_channels_constant_on_the_calibration_alone(constant):
+    model = normlab("gpt", "dyt")
+    with torch.no_grad():
+        for block in model.blocks:
+            block.norms.mlp_pre.weight[constant] = 0.0  # n_j = β_j on every token
+    source, batch = copy.deepcopy(model), inputs(model)
+    model, _ = migrate_scales(model, _calibration(model), method="repq")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert rel_err(output(model, batch), output(source, batch)) < TOL
+    for block, old in zip(model.blocks, source.blocks, strict=True):
+        assert torch.equal(block.norms.mlp_pre.bias[constant], torch.zeros(len(constant)))
+        # r = 1: the readers' columns of those channels are unscaled
+        torch.testing.assert_close(block.mlp.fc1.weight[:, constant],
+                                   old.mlp.fc1.weight[:, constant])
+
+
 def test_repq_without_beta_moves_the_scale_only():
     model = normlab("llama", "rmsnorm")
     _, report = migrate_scales(model, _calibration(model), method="repq")

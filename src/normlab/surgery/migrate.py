@@ -20,9 +20,11 @@ reader sees):
   Vision Transformers", ICCV 2023; zkkli/RepQ-ViT): r_j = Δ_j / mean(Δ), Δ_j the per-channel
   quantization step, so that one per-tensor step fits every channel afterwards. Δ_j of an
   asymmetric min-max quantizer is (max_j − min_j)/(2^b − 1), hence r_j = range_j / mean(range)
-  (the bit width cancels). The paper's shift aligns the channels' zero points for an
-  asymmetric quantizer; normlab's quantizers are symmetric, so the shift here centres every
-  channel instead, c_j = (max_j + min_j)/2, after which each channel spans ±Δ̃(2^b − 1)/2.
+  (the bit width cancels; the mean over the channels whose range is not 0, and r_j = 1 for a
+  channel constant on the calibration batches). The paper's shift aligns the channels' zero
+  points for an asymmetric quantizer; normlab's quantizers are symmetric, so the shift here
+  centres every channel instead, c_j = (max_j + min_j)/2, after which each channel spans
+  ±Δ̃(2^b − 1)/2.
   Without a β (RMSNorm), c = 0 and only the scale migrates (noted in the report). The official
   code picks each channel's range by a percentile search; here it is the calibration min-max.
 
@@ -142,9 +144,14 @@ def smoothquant_scale(act_absmax: Tensor, w_absmax: Tensor, alpha: float) -> Ten
 
 
 def repq_scale(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-    """(r, c): r_j = range_j / mean(range), c_j = (max_j + min_j)/2 (module docstring)."""
+    """(r, c): r_j = range_j / mean(range), c_j = (max_j + min_j)/2 (module docstring).
+
+    A channel constant on the calibration batches (range 0: a saturated DyT channel, say) has no
+    step to match and keeps r_j = 1; so does every channel when all are constant.
+    """
     span = hi - lo
-    r = span / span.mean()
+    mean = span[span > 0].mean() if bool((span > 0).any()) else span.new_ones(())
+    r = torch.where(span > 0, span / mean, torch.ones_like(span))
     return r.clamp_min(CLAMP), (hi + lo) / 2
 
 
@@ -226,6 +233,7 @@ def migrate_scales(
                     centre = None
                     report.notes.append(f"{site.path}: no β, so only the scale migrates (no "
                                         f"centring shift)")
+            assert bool(torch.isfinite(s).all() and (s > 0).all()), f"bad scales at {site.path}"
             shift = None if centre is None else centre / site.input_scale  # norm units
             gamma = module.weight.detach().double() + offset
             set_param(module, "weight", gamma / s.to(gamma.device) - offset)
