@@ -71,11 +71,11 @@ def scale_from_absmax(amax: Tensor, bits: int) -> Tensor:
     return torch.where(step > 0, step, torch.ones_like(step))
 
 
-def fake_quant(x: Tensor, bits: int, granularity: Granularity = "tensor", axis: int = 0,
-               scale: Tensor | None = None) -> Tensor:
-    """Q(x) of the module docstring; `scale` overrides the min-max Δ (a calibrated one)."""
+def fake_quant(x: Tensor, bits: int, granularity: Granularity = "tensor",
+               axis: int = 0) -> Tensor:
+    """Q(x) of the module docstring (`axis`: the channel axis for "channel")."""
     q = qmax(bits)
-    step = scale_from_absmax(absmax(x, granularity, axis), bits) if scale is None else scale
+    step = scale_from_absmax(absmax(x, granularity, axis), bits)
     xc = x.to(_compute_dtype(x))
     step = step.to(xc.dtype)
     return (torch.round(xc / step).clamp(-q, q) * step).to(x.dtype)
