@@ -9,7 +9,7 @@ import pytest
 import torch
 from quant_models import OUTLIER_CHANNELS, hf, inputs, normlab, output, rel_err
 
-from normlab.surgery import migrate_scales
+from normlab.surgery import fold_norms, migrate_scales, to_crmsnorm, to_rmsnorm
 from normlab.surgery.adapters import get_adapter
 from normlab.surgery.migrate import reader_ranges
 
@@ -156,3 +156,12 @@ def test_random_calibration_is_noted():
     model = normlab("vit")
     _, report = migrate_scales(model)
     assert any("random probe batch" in note for note in report.notes)
+
+
+@pytest.mark.parametrize("op", [fold_norms, to_rmsnorm, to_crmsnorm])
+def test_the_normlab_llama_adapter_reads_the_swiglu_gate(op):
+    # the Llama's MLP norm feeds fc1 and the gate: a fold that missed the gate would show
+    model = normlab("llama", "layernorm")
+    source, batch = copy.deepcopy(model), inputs(model)
+    model, _ = op(model)
+    assert rel_err(output(model, batch), output(source, batch)) < TOL
