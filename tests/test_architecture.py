@@ -45,7 +45,7 @@ LAYERS: list[set[str]] = [
     {"weights", "optim"},
     {"blocks"},
     {"models"},
-    {"surgery", "diagnostics", "hf", "adapt"},
+    {"surgery", "diagnostics", "hf", "adapt", "quant"},
     {"bench"},
     {"study"},
     {ROOT},

@@ -9,6 +9,7 @@
     normlab export RUN_DIR --out DIR              # a trained run as a transformers folder
     normlab study CLAIM_PRESET... | --all | --table  # settle claims seed by seed
     normlab adapt eval|testtime RUN_DIR ...       # a run on other data; test-time norms
+    normlab quantize (--run RUN_DIR | --model DIR) --spec W4A8 [--migrate smoothquant]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from normlab.bench import export as export_command
 from normlab.bench.train import RunInterrupted
 from normlab.diagnostics import command as diagnose_command
 from normlab.diagnostics.command import int_at_least
+from normlab.quant import command as quantize_command
 from normlab.study import command as study_command
 from normlab.surgery import command as convert_command
 
@@ -107,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     export_command.add_parser(sub)
     study_command.add_parser(sub)
     adapt_command.add_parser(sub)
+    quantize_command.add_parser(sub, bench=bench_package)
     return parser
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from normlab.diagnostics.ablation import skip_block_losses
+from normlab.diagnostics.outliers import add_norm_outliers
 from normlab.diagnostics.recorder import Recorder, main_output
 from normlab.diagnostics.select import Selector
 from normlab.diagnostics.summarize import summarize
@@ -117,6 +118,7 @@ def diagnose(
     info = {"loss_fn": getattr(loss_fn, "__name__", type(loss_fn).__name__),
             "batches": len(batches), "training_mode": model.training}
     report = summarize(recorder.recording, top_k=top_k, meta={**info, **(meta or {})})
+    add_norm_outliers(report, recorder.recording, model)
     if skip:
         base, deltas = skip_block_losses(model, lambda m: loss_fn(m, batches[0]), blocks=blocks)
         for entry, delta in zip(report["blocks"], deltas, strict=True):

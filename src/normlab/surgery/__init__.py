@@ -13,6 +13,7 @@ Architectures are described by adapters (normlab.surgery.adapters), one file eac
 from normlab.surgery.convert import to_crmsnorm, to_rmsnorm
 from normlab.surgery.fold import fold_norms
 from normlab.surgery.io import load_converted, save_converted
+from normlab.surgery.migrate import migrate_scales
 from normlab.surgery.report import Change, Report
 from normlab.surgery.swap import swap_norms
 
@@ -21,6 +22,7 @@ __all__ = [
     "Report",
     "fold_norms",
     "load_converted",
+    "migrate_scales",
     "save_converted",
     "swap_norms",
     "to_crmsnorm",

@@ -1,9 +1,10 @@
-"""normlab's own GPT and ViT (normlab.models), any norm and any placement scheme.
+"""normlab's own GPT, Llama and ViT (normlab.models), any norm and any placement scheme.
 
 Every block slot is read from its `Placement`: a "pre" norm feeds q/k/v_proj (attention) or fc1
-(MLP), scaled by `input_scale`; the MLP "hidden" norm feeds fc2; "branch_out" and "post" norms
-and the embedding norm write the stream (nothing folds). The final norm feeds the LM head (GPT)
-or the classifier through [CLS] or the token mean (ViT; both commute with a per-channel affine).
+(MLP; with the gate of the Llama's SwiGLU), scaled by `input_scale`; the MLP "hidden" norm feeds
+fc2; "branch_out" and "post" norms and the embedding norm write the stream (nothing folds). The
+final norm feeds the LM head (GPT, Llama) or the classifier through [CLS] or the token mean
+(ViT; both commute with a per-channel affine).
 Dual PatchNorm's first norm feeds the patch embedding, its second writes the stream.
 
 The exact Pre-(C)RMSNorm conversion is offered when every block is plain Pre-LN (one "pre" norm
@@ -39,7 +40,8 @@ def _block_sites(prefix: str, block: nn.Module) -> tuple[list[NormSite], list[Po
     def lin(*names: str) -> tuple[Port, ...]:
         return linears(*(prefix + n for n in names))
 
-    readers = {"attn": lin("attn.q_proj", "attn.k_proj", "attn.v_proj"), "mlp": lin("mlp.fc1")}
+    mlp = ("mlp.fc1", "mlp.gate") if hasattr(block.mlp, "gate") else ("mlp.fc1",)
+    readers = {"attn": lin("attn.q_proj", "attn.k_proj", "attn.v_proj"), "mlp": lin(*mlp)}
     sites = []
     for sub in ("attn", "mlp"):
         for slot in p.slots(sub):
@@ -57,7 +59,8 @@ def _block_sites(prefix: str, block: nn.Module) -> tuple[list[NormSite], list[Po
 
 class NormlabAdapter(Adapter):
     name = "normlab"
-    classes = ("GPT", "ViT")
+    classes = ("GPT", "Llama", "ViT")
+    language_models = ("GPT", "Llama")
 
     def label(self) -> str:
         return " and ".join(f"normlab {c}" for c in self.classes)
@@ -67,10 +70,11 @@ class NormlabAdapter(Adapter):
         return cls.__module__.startswith("normlab.models") and cls.__name__ in self.classes
 
     def layout(self, model: nn.Module) -> Layout:
-        is_gpt = type(model).__name__ == "GPT"
+        is_gpt = type(model).__name__ in self.language_models
         sites: list[NormSite] = []
         if is_gpt:
-            writers = [Port("wte", "embedding"), Port("wpe", "embedding")]
+            writers = [Port(name, "embedding") for name in ("wte", "wpe")
+                       if getattr(model, name, None) is not None]
         else:
             writers = [Port("patch_embed", "linear"), Port("pos_embed", "parameter")]
             if model.cls_token is not None:
@@ -106,7 +110,7 @@ class NormlabAdapter(Adapter):
 
     def probe_inputs(self, model: nn.Module, generator: torch.Generator) -> dict[str, Any]:
         c = model.config
-        if type(model).__name__ == "GPT":
+        if type(model).__name__ in self.language_models:
             length = min(16, c.block_size)
             return {"idx": torch.randint(0, c.vocab_size, (2, length), generator=generator)}
         size = (2, c.channels, c.image_size, c.image_size)
