@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from normlab.norms import Norm, get_norm_class, make_norm
-from normlab.surgery.adapters import find_adapter
+from normlab.surgery.adapters import adapter_for
 from normlab.surgery.ports import get_module, set_module
 from normlab.surgery.report import Change, OutputProbe, Probe, Report
 from normlab.surgery.select import Where, norm_modules, select
@@ -105,7 +105,7 @@ def swap_norms(
     Returns (model, Report): every site with old → new and what was copied or dropped, and the
     max abs/rel output error on the probe batch.
     """
-    adapter = find_adapter(model)
+    adapter = adapter_for(model)
     layout = adapter.layout(model) if adapter is not None else None
     candidates = [s.path for s in layout.norms] if layout else norm_modules(model)
     paths = select(model, where, candidates, "swap_norms")

@@ -1,7 +1,8 @@
 """Read any supported norm module into one description, and build normlab norms from specs.
 
-`read_norm` knows `torch.nn.LayerNorm`, `torch.nn.RMSNorm`, HuggingFace's RMSNorm classes
-(`adapters/hf_norms.py`: `variance_epsilon`, Gemma's 1 + w) and every normlab `Norm`. What it
+`read_norm` knows `torch.nn.LayerNorm`, `torch.nn.RMSNorm`, HuggingFace's norm classes
+(`adapters/hf_norms.py`: recognized by what they compute, Gemma's 1 + w included) and every
+normlab `Norm`. What it
 returns is the *function* the module computes: the effective γ (offset applied), β and eps.
 
 A normlab norm's affine is read from the norm itself, not from a list of names: it is every
@@ -23,7 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from normlab.norms import Norm, make_norm
-from normlab.surgery.adapters.hf_norms import HF_NORMS
+from normlab.selection import is_norm
+from normlab.surgery.adapters.hf_norms import identify
+from normlab.surgery.flashnorm import DeferredNormLinear
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class NormParams:
     note: str = ""
     per_channel: bool = True  # False: an affine exists but is not one γ/β per channel
     affine: tuple[str, ...] = ()
+    offset: float = 0.0  # HuggingFace norms computing (offset + w): Gemma's 1 + w
 
     @property
     def is_normlab(self) -> bool:
@@ -152,7 +156,7 @@ def read_norm(module: nn.Module) -> NormParams | None:
         return NormParams(
             "rmsnorm", module.normalized_shape[0], eps, module.weight, None, module, note
         )
-    hf = HF_NORMS.get(type(module).__name__)
+    hf = identify(module) if is_norm(module) else None
     if hf is None:
         return None
     weight = module.weight
@@ -160,8 +164,10 @@ def read_norm(module: nn.Module) -> NormParams | None:
     if hf.offset:
         weight = weight + hf.offset
         note = f"γ = {hf.offset:g} + stored weight ({type(module).__name__} convention)"
+    bias = getattr(module, "bias", None) if hf.kind == "layernorm" else None
     return NormParams(
-        hf.kind, weight.shape[0], getattr(module, hf.eps_attr), weight, None, module, note
+        hf.kind, weight.shape[0], getattr(module, hf.eps_attr), weight, bias, module, note,
+        offset=hf.offset,
     )
 
 
@@ -186,12 +192,17 @@ class Folded(nn.Identity):
 
 
 def build_module(spec: dict[str, Any], **placement: Any) -> nn.Module:
-    """The module a spec describes (a normlab norm, or `Folded` for a folded-away norm)."""
+    """The module a spec describes (a normlab norm, `Folded` for a folded-away norm, or a
+    FlashNorm reader)."""
     if spec["type"] == "identity":
         return Folded()
     if spec["type"] == "norm":
         return make_norm(spec["name"], spec["dim"], **spec["kwargs"], **placement)
-    raise ValueError(f"unknown module spec type {spec['type']!r} (expected 'norm' or 'identity')")
+    if spec["type"] == "deferred_linear":
+        return DeferredNormLinear(spec["in"], spec["out"], spec["bias"], eps=spec["eps"],
+                                  center=spec["center"], **placement)
+    raise ValueError(f"unknown module spec type {spec['type']!r} (expected 'norm', 'identity' "
+                     f"or 'deferred_linear')")
 
 
 def statistics_only(params: NormParams) -> tuple[nn.Module, dict[str, Any] | None]:
