@@ -41,8 +41,15 @@ def test_hf_fold_gives_the_same_logits(arch, tied):
     model, report = fold_norms(model)
     assert rel_err(outputs(model, input_ids=ids), outputs(source, input_ids=ids)) < TOL
     assert report.max_rel_error < TOL
-    norms = [m for m in model.modules() if isinstance(m, Norm)]
-    assert len(norms) == 5 and all(n.weight is None and n.bias is None for n in norms)
+    # every norm keeps its class, its weight set to the identity γ = 1 (and its bias to 0)
+    assert not [m for m in model.modules() if isinstance(m, Norm)]
+    paths = [c.path for c in report.changes if "class kept" in c.detail]
+    folded = [model.get_submodule(p) for p in paths]
+    assert len(folded) == 5
+    assert all(type(n) is type(source.get_submodule(p)) for n, p in zip(folded, paths, strict=True))
+    for n in folded:
+        assert torch.equal(n.weight, torch.ones_like(n.weight))
+        assert getattr(n, "bias", None) is None or not n.bias.any()
     emb = model.get_submodule(embedding)
     assert model.lm_head.weight is not emb.weight
     # the embedding itself is untouched: only the head took the final γ/β
@@ -54,8 +61,8 @@ def test_fold_where_selects_sites():
     model = gpt2()
     source = copy.deepcopy(model)
     model, _report = fold_norms(model, "*.ln_2")
-    assert isinstance(model.transformer.h[0].ln_1, nn.LayerNorm)
-    assert isinstance(model.transformer.h[0].ln_2, Norm)
+    assert torch.equal(model.transformer.h[0].ln_1.weight, source.transformer.h[0].ln_1.weight)
+    assert not model.transformer.h[0].ln_2.weight.ne(1).any()
     ids = token_ids()
     assert rel_err(outputs(model, input_ids=ids), outputs(source, input_ids=ids)) < TOL
 

@@ -103,7 +103,7 @@ def _convert(
     model: nn.Module, op: str, *, compress: bool, probe: Probe
 ) -> tuple[nn.Module, Report]:
     adapter: Adapter = get_adapter(model)
-    layout = adapter.layout(model)
+    layout = adapter.layout(model, probe)
     norms = _check(op, model, layout, compress)
     probe_ = OutputProbe(model, adapter, probe)
     report = Report(op, layout.arch, exact=True)

@@ -138,7 +138,7 @@ def fold_norms(
     (Post-LN) or a non-Linear consumer, or when a batch-statistic norm is in training mode.
     """
     adapter = get_adapter(model)
-    layout = adapter.layout(model)
+    layout = adapter.layout(model, probe)
     chosen = set(select(model, where, [s.path for s in layout.norms], "fold_norms"))
     plans = []
     for site in layout.norms:

@@ -7,8 +7,8 @@ For every norm module (`select.norm_modules`: torch, HuggingFace and normlab nor
   the last position) and through multiplications by a constant scalar, every consumer must be
   a Linear (`nn.Linear`, GPT-2's `Conv1D`) whose input is that tensor. Those Linears are the
   readers; any other consumer (an add to the stream, RoPE, an activation) makes the site
-  "post" with that consumer named, and a norm whose output is also returned by the model has
-  no reader it could fold into;
+  "post" with that consumer named. A norm whose output the model also returns (a headless
+  model's last hidden state) keeps its affine: it gets no readers;
 - **the stream**: following its input backward through adds, constant scalar products and the
   same channel-keeping ops, every source must be a writer: a Linear, an embedding, a patch
   Conv2d or a parameter of width D. A norm output among the sources (Post-LN, sandwich norms,
@@ -203,7 +203,8 @@ def read_layout(
     model: nn.Module, trace: Trace, norms: dict[str, int], kinds: dict[str, str], arch: str
 ) -> Layout:
     """The `Layout` of `model` from its trace. `norms`: norm path -> width; `kinds`: norm path ->
-    "layernorm", "rmsnorm", ... (what it computes)."""
+    "layernorm", "rmsnorm", ... (what it computes). A norm the probe did not run has no site,
+    and the conversion is refused: its surroundings are unknown."""
     order = {p: min(trace.producer.get(c.output, -1) for c in trace.calls[p])
              for p in norms if trace.calls.get(p)}
     stream = Sources()
@@ -227,8 +228,8 @@ def read_layout(
         role, why = "pre" if reads_stream else "inner", ""
         if readers.others or len(readers.scales) > 1:
             role, why = "post", (readers.others or ["readers at different scales"])[0]
-        elif readers.returned and readers.ports:
-            role, why = "post", "its output is also returned by the model"
+        elif readers.returned:  # folding would change what the model returns
+            readers.ports.clear()
         if reads_stream:
             stream.writers.update(found.writers)
             stream.problems += found.problems
@@ -241,17 +242,25 @@ def read_layout(
     if last_stream is not None:
         s = sites[last_stream]
         sites[last_stream] = NormSite(s.path, "final", s.readers, s.input_scale, s.why)
-    refusal = _refusal(sites, kinds, stream, stream_leaks(trace, stream, norm_inputs))
+    unrun = [p for p in norms if p not in order]
+    refusal = _refusal(sites, kinds, stream, stream_leaks(trace, stream, norm_inputs), unrun)
     return Layout(arch, tuple(sites), tuple(stream.writers.values()), _ties(model, sites),
                   refusal)
 
 
 def _refusal(
-    sites: list[NormSite], kinds: dict[str, str], stream: Sources, leaks: list[str]
+    sites: list[NormSite], kinds: dict[str, str], stream: Sources, leaks: list[str],
+    unrun: list[str],
 ) -> str | None:
     """Why the exact Pre-LN → Pre-RMSNorm conversion does not apply, or None."""
+    if unrun:
+        return (
+            f"{unrun[0]} (a norm) did not run in the probe forward, so what it reads and feeds "
+            f"is unknown (a branch the probe inputs do not take, such as cross-attention "
+            f"without encoder states); the stream it would see could not be recentred"
+        )
     rms = [s.path for s in sites if kinds.get(s.path) == "rmsnorm"]
-    if rms:
+    if rms and len(rms) == len(sites):
         return (
             f"the model already normalizes with RMSNorm ({rms[0]}, ...): there is no mean "
             f"subtraction to remove, and to_crmsnorm needs a zero-mean residual stream, which a "

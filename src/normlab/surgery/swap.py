@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from normlab.norms import Norm, get_norm_class, make_norm
-from normlab.surgery.adapters import adapter_for
+from normlab.surgery.adapters import TRACED, adapter_for
 from normlab.surgery.ports import get_module, set_module
 from normlab.surgery.report import Change, OutputProbe, Probe, Report
 from normlab.surgery.select import Where, norm_modules, select
@@ -106,8 +106,12 @@ def swap_norms(
     max abs/rel output error on the probe batch.
     """
     adapter = adapter_for(model)
-    layout = adapter.layout(model) if adapter is not None else None
+    # a swap needs no data flow: a traced model's candidates are all its norms
+    layout = adapter.layout(model) if adapter not in (None, TRACED) else None
     candidates = [s.path for s in layout.norms] if layout else norm_modules(model)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    arch = layout.arch if layout else f"{model_type} ({type(model).__name__})" if model_type \
+        else type(model).__name__
     paths = select(model, where, candidates, "swap_norms")
     plans = []
     for path in paths:
@@ -126,7 +130,7 @@ def swap_norms(
             + " | ".join(inexact) + "); pass approximate=True to accept the approximation"
         )
     probe_ = OutputProbe(model, adapter, probe)
-    report = Report("swap_norms", layout.arch if layout else type(model).__name__, not inexact)
+    report = Report("swap_norms", arch, not inexact)
     for path, params, new, moved, why in plans:
         set_module(model, path, new)
         spec = None

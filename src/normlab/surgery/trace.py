@@ -89,7 +89,8 @@ class Trace(TorchFunctionMode):
         ins = [x for x in flat_in if isinstance(x, Tensor)]
         in_keys = [self._remember(t) for t in ins]
         shapes = [tuple(t.shape) for t in ins]
-        scalars = [float(x) for x in flat_in if isinstance(x, int | float) and not isinstance(x, bool)]
+        scalars = [float(x) for x in flat_in
+                   if isinstance(x, int | float) and not isinstance(x, bool)]
         out = func(*args, **kwargs)
         # an op returning its own input unchanged (`.to` to the same dtype, dropout in eval)
         # is no data flow

@@ -90,7 +90,9 @@ class Adapter:
         overlap)."""
         raise NotImplementedError
 
-    def layout(self, model: nn.Module) -> Layout:
+    def layout(self, model: nn.Module, inputs: Any = None) -> Layout:
+        """The layout of `model`; `inputs` are the caller's probe inputs, for adapters that
+        read the structure from a forward pass (None: their own)."""
         raise NotImplementedError
 
     def probe_inputs(self, model: nn.Module, generator: torch.Generator) -> dict[str, Any]:

@@ -30,7 +30,7 @@ def model_output(out: Any) -> Tensor:
         return out
     if hasattr(out, "keys"):
         for name in ("logits", "last_hidden_state"):
-            if name in out.keys() and isinstance(out[name], Tensor):
+            if name in out and isinstance(out[name], Tensor):
                 return out[name]
         raise TypeError(
             f"the probe compares logits or last_hidden_state; {type(out).__name__} has "
@@ -50,7 +50,7 @@ class TracedAdapter(Adapter):
     def claims(self, model: nn.Module) -> bool:
         return getattr(getattr(model, "config", None), "model_type", None) is not None
 
-    def layout(self, model: nn.Module) -> Layout:
+    def layout(self, model: nn.Module, inputs: Any = None) -> Layout:
         from normlab.surgery.select import norm_modules
         from normlab.surgery.translate import read_norm
 
@@ -59,8 +59,17 @@ class TracedAdapter(Adapter):
         for path in norm_modules(model):
             params = read_norm(model.get_submodule(path))
             norms[path], kinds[path] = params.dim, params.kind
-        inputs = self.probe_inputs(model, torch.Generator().manual_seed(0))
-        trace, _ = record(model, inputs)
+        try:
+            if inputs is None:
+                inputs = self.probe_inputs(model, torch.Generator().manual_seed(0))
+            trace, _ = record(model, inputs if isinstance(inputs, dict) else {
+                getattr(model, "main_input_name", "input_ids"): inputs})
+        except (AttributeError, TypeError, ValueError, RuntimeError, IndexError) as err:
+            raise ValueError(
+                f"surgery reads the structure of {type(model).__name__} from a probe forward, "
+                f"which failed ({type(err).__name__}: {err}); pass probe= inputs its forward "
+                f"accepts"
+            ) from None
         arch = f"{model.config.model_type} ({type(model).__name__})"
         return read_layout(model, trace, norms, kinds, arch)
 
