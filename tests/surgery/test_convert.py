@@ -95,7 +95,7 @@ def test_llama_has_nothing_exact_to_convert(op):
 
 def test_cross_attention_gpt2_is_refused():
     # the probe has no encoder states: ln_cross_attn never runs, so its surroundings are unknown
-    with pytest.raises(ValueError, match="ln_cross_attn .*did not run in the probe forward"):
+    with pytest.raises(ValueError, match=r"ln_cross_attn .*did not run in the probe forward"):
         to_rmsnorm(gpt2(add_cross_attention=True))
 
 

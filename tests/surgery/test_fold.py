@@ -87,7 +87,7 @@ def test_fold_then_convert_stays_exact():
 def test_post_ln_fold_is_refused_before_anything_changes():
     model = bert()
     before = copy.deepcopy(model.state_dict())
-    with pytest.raises(ValueError, match=r"feeds the residual stream \(Post-LN\)"):
+    with pytest.raises(ValueError, match=r"feeds a non-Linear consumer .*Post-LN"):
         fold_norms(model)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -211,7 +211,7 @@ def test_batch_norms_in_training_mode_are_refused():
 
 def test_normlab_post_ln_gpt_fold_is_refused():
     config = GPTConfig(vocab_size=37, block_size=16, depth=1, dim=16, heads=2, placement="post")
-    with pytest.raises(ValueError, match="feeds the residual stream"):
+    with pytest.raises(ValueError, match="its output is added to or is the residual stream"):
         fold_norms(GPT(config).eval())
 
 
@@ -260,7 +260,7 @@ def test_normlab_conversion_refuses_what_is_not_pre_ln(placement):
 
 def test_normlab_peri_ln_folds_only_the_selected_input_norms():
     model = _perturb_norms(_gpt(placement="peri")).eval()
-    with pytest.raises(ValueError, match="branch_out feeds the residual stream"):
+    with pytest.raises(ValueError, match="branch_out feeds a non-Linear consumer"):
         fold_norms(model)
     source = copy.deepcopy(model)
     model, report = fold_norms(model, "*_pre")

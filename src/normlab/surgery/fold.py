@@ -7,8 +7,10 @@ into the adjacent Linear.
 
 - γ-fold, for torch/HuggingFace LayerNorm and RMSNorm and normlab norms with
   `info.fold == "affine"` (`norms_that_fold("affine")`): each reader Linear absorbs the affine,
-  W' = W·diag(γ), b' = b + Wβ, and the norm keeps its statistics with the affine removed (a
-  torch/HuggingFace norm keeps its class, its weight set to 1 and its bias to 0). A
+  W' = W·diag(γ), b' = b + Wβ, and the norm keeps its statistics with the affine removed. A
+  torch/HuggingFace norm keeps its class, its weight set to 1 and its bias to 0, so that the
+  model keeps the parameters its class defines; where a reader has no bias to take Wβ (GPT-2's
+  LM head), β stays in the norm as β/γ instead: W·diag(γ)(n + β/γ) = W(γ⊙n + β). A
   normlab norm's affine is whatever its affine=False form drops (translate.py), so a scalar gain
   (ScaleNorm's g) folds as γ = g/√D expanded to every channel, √D being the constant gain that
   ScaleNorm keeps without affine.
@@ -105,14 +107,27 @@ def _flash(model: nn.Module, site: NormSite, params: NormParams) -> list[Change]
     return changes
 
 
+def _shift_stays(model: nn.Module, site: NormSite, params: NormParams) -> bool:
+    """Whether β stays in the norm as β/γ: a reader has no bias to take W·β (a new bias would
+    make a parameter the class does not have) and γ has no zero to divide by."""
+    if params.bias is None or not bool(params.bias.ne(0).any()) or params.weight is None:
+        return False
+    no_bias = any(get_module(model, p.path).bias is None for p in site.readers)
+    return no_bias and bool(params.weight.ne(0).all())
+
+
 @torch.no_grad()
-def _identity_affine(params: NormParams) -> None:
+def _identity_affine(params: NormParams, shift_stays: bool) -> None:
     """Set a torch/HuggingFace norm's stored weight to the identity γ = 1 (w = 1 − offset,
-    Gemma's 0) and its bias to 0, in place: the class and its parameters stay."""
+    Gemma's 0) and its bias to 0, or to β/γ when the shift stays in the norm, in place: the
+    class and its parameters stay."""
     module = params.module
-    module.weight.fill_(1.0 - params.offset)
-    if getattr(module, "bias", None) is not None:
+    if shift_stays:
+        ratio = params.bias.detach().double() / params.weight.detach().double()
+        module.bias.copy_(ratio.to(module.bias.dtype))
+    elif getattr(module, "bias", None) is not None:
         module.bias.zero_()
+    module.weight.fill_(1.0 - params.offset)
 
 
 def fold_norms(
@@ -146,10 +161,11 @@ def fold_norms(
             continue
         if site.role == "post":
             raise ValueError(
-                f"fold_norms: {site.path} feeds the residual stream (Post-LN) or a non-Linear "
-                f"consumer ({site.why or 'its output is the residual stream'}), so its affine "
-                f"has no Linear to move into; select the others with where=...; refusing "
-                f"before changing anything"
+                f"fold_norms: {site.path} feeds a non-Linear consumer "
+                f"({site.why or 'its output is the residual stream'}; a Post-LN or sandwich "
+                f"norm feeds the residual stream, a QK-norm feeds RoPE or the attention "
+                f"product), so its affine has no Linear to move into; select the others with "
+                f"where=...; refusing before changing anything"
             )
         module = get_module(model, site.path)
         mode = _mode(site.path, module)
@@ -188,15 +204,19 @@ def fold_norms(
                 report.changes += fold_site(model, site, scale, shift)
                 new, spec = Folded(), {"type": "identity"}
                 detail = "eval-mode affine (eval_affine) folded; norm removed"
-            else:
+            elif params.is_normlab:
                 report.changes += fold_site(model, site, params.weight, params.bias)
-                if params.is_normlab:
-                    new, spec = statistics_only(params)
-                    detail = "γ/β folded; statistics kept, affine removed"
-                else:
-                    _identity_affine(params)
-                    new, spec = module, None
-                    detail = "γ/β folded; weight set to 1 (bias 0) in place, class kept"
+                new, spec = statistics_only(params)
+                detail = "γ/β folded; statistics kept, affine removed"
+            else:
+                stays = _shift_stays(model, site, params)
+                shift = None if stays else params.bias
+                report.changes += fold_site(model, site, params.weight, shift)
+                _identity_affine(params, stays)
+                new, spec = module, None
+                detail = ("γ folded; weight set to 1 and β kept as β/γ (a reader has no bias), "
+                          "class kept" if stays else
+                          "γ/β folded; weight set to 1 (bias 0) in place, class kept")
                 if params.note:
                     detail += f" ({params.note})"
             if new is not module:

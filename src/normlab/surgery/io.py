@@ -39,7 +39,7 @@ from normlab.norms import Norm
 from normlab.surgery.flashnorm import DeferredNormLinear
 from normlab.surgery.ports import get_module, set_module, set_param
 from normlab.surgery.report import Report
-from normlab.surgery.translate import Folded, build_module
+from normlab.surgery.translate import AFFINE_REMOVED, Folded, build_module
 
 MANIFEST = "normlab_surgery.json"
 WEIGHTS = "normlab_model.safetensors"
@@ -172,7 +172,10 @@ def save_converted(
     modules: dict[str, Any] = dict(base["modules"]) if base else {}
     for report in reports:
         for change in report.changes:
-            if change.spec is not None:
+            if change.spec == AFFINE_REMOVED and change.path in modules:
+                built = modules[change.path]
+                modules[change.path] = {**built, "kwargs": {**built["kwargs"], "affine": False}}
+            elif change.spec is not None and change.spec != AFFINE_REMOVED:
                 modules[change.path] = change.spec
     for name, module in model.named_modules():
         if isinstance(module, Norm | Folded | DeferredNormLinear) and name not in modules:

@@ -51,9 +51,9 @@ OPERATIONS: dict[str, Callable[[nn.Module], object]] = {
 
 
 def _short(err: ValueError) -> str:
-    text = re.sub(r"model\.layers\.\d+\.|transformer\.h\.\d+\.|layers\.\d+\.|\.\d+\.", "…",
-                  str(err))
-    return text.split("; refusing")[0]
+    """The reason without the operation's name, layer numbers or the closing boilerplate."""
+    text = str(err).split(": ", 1)[-1].split("; refusing")[0]
+    return re.sub(r"\.\d+\.", ".N.", text)
 
 
 def run(name: str, model: nn.Module, reasons: list[str]) -> dict[str, str]:

@@ -205,26 +205,26 @@ def build_module(spec: dict[str, Any], **placement: Any) -> nn.Module:
                      f"or 'deferred_linear')")
 
 
-def statistics_only(params: NormParams) -> tuple[nn.Module, dict[str, Any] | None]:
-    """The norm with its affine removed, and its spec (None when changed in place).
+# the spec of a normlab norm changed in place into its affine=False form: `save_converted`
+# applies it to the spec that built the norm
+AFFINE_REMOVED = {"type": "affine_removed"}
 
-    torch/HuggingFace LayerNorm and RMSNorm become normlab's `layernorm`/`rmsnorm` with
-    affine=False and the same eps. A normlab norm keeps every other setting and buffer and is
-    changed in place into its affine=False form: each affine parameter becomes what that form
-    holds in its place (None, or a constant buffer such as ScaleNorm's g = √D).
+
+def statistics_only(params: NormParams) -> tuple[nn.Module, dict[str, Any]]:
+    """A normlab norm changed in place into its affine=False form, and `AFFINE_REMOVED`.
+
+    It keeps every other setting and buffer; each affine parameter becomes what that form holds
+    in its place (None, or a constant buffer such as ScaleNorm's g = √D).
     """
-    if params.is_normlab:
-        norm = params.module
-        plain = _plain_form(type(norm), norm.dim)
-        for name in params.affine:
-            old = getattr(norm, name)
-            delattr(norm, name)
-            if plain is not None and name in plain.buffers:
-                const = plain.buffers[name].to(old.device, old.dtype).clone()
-                norm.register_buffer(name, const, persistent=name not in plain.transient)
-            else:
-                norm.register_parameter(name, None)
-        norm.affine = False
-        return norm, None
-    spec = norm_spec(params.kind, params.dim, eps=params.eps, affine=False)
-    return build_module(spec, **param_like(params)), spec
+    norm = params.module
+    plain = _plain_form(type(norm), norm.dim)
+    for name in params.affine:
+        old = getattr(norm, name)
+        delattr(norm, name)
+        if plain is not None and name in plain.buffers:
+            const = plain.buffers[name].to(old.device, old.dtype).clone()
+            norm.register_buffer(name, const, persistent=name not in plain.transient)
+        else:
+            norm.register_parameter(name, None)
+    norm.affine = False
+    return norm, dict(AFFINE_REMOVED)
