@@ -159,7 +159,7 @@ def fold_norms(
     for site in layout.norms:
         if site.path not in chosen:
             continue
-        if site.role == "post":
+        if site.role in ("post", "start"):
             raise ValueError(
                 f"fold_norms: {site.path} feeds a non-Linear consumer "
                 f"({site.why or 'its output is the residual stream'}; a Post-LN or sandwich "
@@ -217,8 +217,8 @@ def fold_norms(
                 detail = ("γ folded; weight set to 1 and β kept as β/γ (a reader has no bias), "
                           "class kept" if stays else
                           "γ/β folded; weight set to 1 (bias 0) in place, class kept")
-                if params.note:
-                    detail += f" ({params.note})"
+            if params.note and mode != "op":
+                detail += f" ({params.note})"
             if new is not module:
                 set_module(model, site.path, new)
             report.changes.append(Change(site.path, params.label, module_label(new), detail, spec))

@@ -39,6 +39,7 @@ from normlab.norms import Norm
 from normlab.surgery.flashnorm import DeferredNormLinear
 from normlab.surgery.ports import get_module, set_module, set_param
 from normlab.surgery.report import Report
+from normlab.surgery.stream_start import RecentredNorm
 from normlab.surgery.translate import AFFINE_REMOVED, Folded, build_module
 
 MANIFEST = "normlab_surgery.json"
@@ -138,7 +139,7 @@ def native_difference(model: nn.Module) -> str | None:
     """None when `model` has exactly the modules and parameter shapes its class builds from its
     config (plain `from_pretrained` then restores it); else the first difference."""
     for name, module in model.named_modules():
-        if isinstance(module, Norm | Folded | DeferredNormLinear):
+        if isinstance(module, Norm | Folded | DeferredNormLinear | RecentredNorm):
             return f"{name} is a normlab module ({type(module).__name__})"
     with torch.device("meta"):
         fresh = type(model)(model.config)
@@ -178,7 +179,8 @@ def save_converted(
             elif change.spec is not None and change.spec != AFFINE_REMOVED:
                 modules[change.path] = change.spec
     for name, module in model.named_modules():
-        if isinstance(module, Norm | Folded | DeferredNormLinear) and name not in modules:
+        if isinstance(module, Norm | Folded | DeferredNormLinear | RecentredNorm) \
+                and name not in modules:
             raise ValueError(
                 f"save_converted: {name} ({type(module).__name__}) was changed in place and has "
                 f"no constructor spec in the reports given, so it cannot be rebuilt on load"

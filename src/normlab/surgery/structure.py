@@ -130,6 +130,7 @@ class Sources:
 
     writers: dict[str, Port] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    norm_outputs: set[str] = field(default_factory=set)  # norms whose output is a source
     keys: set[Key] = field(default_factory=set)
     ops: set[int] = field(default_factory=set)
     added: bool = False
@@ -160,7 +161,7 @@ def follow_input(
             continue
         norm = next((p for p in modules if p in norms), None)
         if norm is not None:
-            found.problems.append(f"the output of the norm {norm} is part of the stream")
+            found.norm_outputs.add(norm)
             continue
         index = trace.producer.get(k)
         if index is None:
@@ -212,7 +213,7 @@ def read_layout(
     for p in order:
         for c in trace.calls[p]:
             norm_inputs.setdefault(c.input, set()).add(p)
-    sites: list[NormSite] = []
+    seen: list[tuple[str, Readers, Sources, bool, str, str]] = []
     for path in sorted(order, key=order.get):
         dim, readers, found = norms[path], Readers(), Sources()
         for call in trace.calls[path]:
@@ -222,22 +223,33 @@ def read_layout(
             readers.others += r.others
             readers.returned |= r.returned
             follow_input(trace, model, call.input, dim, set(norms), found)
-        # a stream is a sum, or starts at an embedding; anything else is a branch's tensor
-        reads_stream = found.added or any(p.kind in ("embedding", "parameter", "conv2d")
-                                          for p in found.writers.values())
+        # a stream is a sum, or starts at an embedding or a norm; anything else is a branch's
+        reads_stream = found.added or bool(found.norm_outputs) or any(
+            p.kind in ("embedding", "parameter", "conv2d") for p in found.writers.values())
         role, why = "pre" if reads_stream else "inner", ""
         if readers.others or len(readers.scales) > 1:
             role, why = "post", (readers.others or ["readers at different scales"])[0]
         elif readers.returned:  # folding would change what the model returns
             readers.ports.clear()
+        seen.append((path, readers, found, reads_stream, role, why))
+    sources = set().union(*(found.norm_outputs for _, _, found, *_ in seen))
+    sites: list[NormSite] = []
+    for path, readers, found, reads_stream, role, why in seen:
+        if path in sources and _starts_stream(found, role, readers):
+            sites.append(NormSite(path, "start", why=why))
+            continue
         if reads_stream:
             stream.writers.update(found.writers)
             stream.problems += found.problems
+            stream.norm_outputs |= found.norm_outputs
             stream.keys |= found.keys
             stream.ops |= found.ops
         scale = next(iter(readers.scales)) if len(readers.scales) == 1 else 1.0
         ports = tuple(readers.ports.values()) if role != "post" else ()
         sites.append(NormSite(path, role, ports, input_scale=scale, why=why))
+    starts = {s.path for s in sites if s.role == "start"}
+    stream.problems += [f"the output of the norm {n} is part of the stream"
+                        for n in sorted(stream.norm_outputs - starts)]
     last_stream = max((i for i, s in enumerate(sites) if s.role == "pre"), default=None)
     if last_stream is not None:
         s = sites[last_stream]
@@ -246,6 +258,14 @@ def read_layout(
     refusal = _refusal(sites, kinds, stream, stream_leaks(trace, stream, norm_inputs), unrun)
     return Layout(arch, tuple(sites), tuple(stream.writers.values()), _ties(model, sites),
                   refusal)
+
+
+def _starts_stream(found: Sources, role: str, readers: Readers) -> bool:
+    """Whether a norm is the first term of the stream: it reads only embeddings (no sum, no
+    other norm) and its output goes to the stream (norms, adds), not to a Linear."""
+    plain = all(p.kind in ("embedding", "parameter") for p in found.writers.values())
+    return (role == "post" and plain and bool(found.writers) and not found.added
+            and not found.problems and not found.norm_outputs and not readers.ports)
 
 
 def _refusal(

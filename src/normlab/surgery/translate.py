@@ -27,6 +27,7 @@ from normlab.norms import Norm, make_norm
 from normlab.selection import is_norm
 from normlab.surgery.adapters.hf_norms import identify
 from normlab.surgery.flashnorm import DeferredNormLinear
+from normlab.surgery.stream_start import RecentredNorm
 
 
 @dataclass(frozen=True)
@@ -201,8 +202,10 @@ def build_module(spec: dict[str, Any], **placement: Any) -> nn.Module:
     if spec["type"] == "deferred_linear":
         return DeferredNormLinear(spec["in"], spec["out"], spec["bias"], eps=spec["eps"],
                                   center=spec["center"], **placement)
-    raise ValueError(f"unknown module spec type {spec['type']!r} (expected 'norm', 'identity' "
-                     f"or 'deferred_linear')")
+    if spec["type"] == "recentred_norm":
+        return RecentredNorm(spec["dim"], spec["out"], eps=spec["eps"], **placement)
+    raise ValueError(f"unknown module spec type {spec['type']!r} (expected 'norm', 'identity', "
+                     f"'deferred_linear' or 'recentred_norm')")
 
 
 # the spec of a normlab norm changed in place into its affine=False form: `save_converted`

@@ -1,0 +1,97 @@
+"""Every operation on every small-config architecture of `normlab.surgery.zoo`, its layout read
+from a traced forward: exact where the structure allows, refused with the reason where not
+(the table in docs/surgery.md)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from normlab.norms import Norm
+from normlab.surgery import fold_norms, swap_norms, to_crmsnorm, to_rmsnorm
+from normlab.surgery.adapters import TRACED, find_adapter, get_adapter
+from normlab.surgery.adapters.traced import model_output
+from normlab.surgery.table import foldable, same_family
+from normlab.surgery.zoo import ZOO, build
+
+pytest.importorskip("transformers")
+TOL = 1e-5
+PRE_LN = {"opt", "gpt_neox", "falcon", "bloom", "gpt2", "vit"}
+# where fold_norms(model) refuses: a site it names, and what that site feeds
+FOLD_REFUSED = {
+    "qwen3": "q_norm", "gemma3": "q_norm", "olmo2": "q_norm",  # QK-norm before RoPE
+    "mixtral": r"post_attention_layernorm feeds a non-Linear consumer \(_grouped_mm",  # experts
+    "gemma2": r"post_attention_layernorm feeds a non-Linear consumer \(add",  # sandwich
+    "bloom": "word_embeddings_layernorm",  # embedding norm: its output is the stream
+    "bert": "embeddings.LayerNorm", "roberta": "embeddings.LayerNorm",  # Post-LN
+    "bert-seqcls": "embeddings.LayerNorm",
+}
+CONVERT_REFUSED = "already normalizes with RMSNorm|not a Pre-LN norm"
+
+
+@pytest.fixture(scope="module", params=list(ZOO))
+def arch(request):
+    return request.param, build(request.param)
+
+
+def _outputs(model, inputs):
+    with torch.no_grad():
+        return model_output(model.eval()(**inputs)).double()
+
+
+def _rel_err(model, source) -> float:
+    """On inputs other than the report's probe (seed 1, the probe's is 0)."""
+    inputs = TRACED.probe_inputs(source, torch.Generator().manual_seed(1))
+    after, before = _outputs(model, inputs), _outputs(source, inputs)
+    return ((after - before).abs().max() / before.abs().max()).item()
+
+
+def test_every_architecture_is_read_from_its_structure(arch):
+    name, model = arch
+    assert find_adapter(model) is None and get_adapter(model) is TRACED
+    layout = TRACED.layout(model)
+    assert layout.norms and all(s.role in ("pre", "final", "inner", "post", "start") for s in layout.norms)
+
+
+def test_swapping_to_the_same_norm_is_exact(arch):
+    name, source = arch
+    model, report = swap_norms(copy.deepcopy(source), same_family(source))
+    assert report.exact and report.max_rel_error < TOL
+    assert all(isinstance(model.get_submodule(c.path), Norm) for c in report.changes)
+    assert _rel_err(model, source) < TOL
+
+
+@pytest.mark.parametrize("flash", [False, True], ids=["fold", "flashnorm"])
+def test_fold_is_exact_or_refused_with_the_reason(arch, flash):
+    name, source = arch
+    model = copy.deepcopy(source)
+    where = None
+    if name in FOLD_REFUSED:
+        with pytest.raises(ValueError, match=FOLD_REFUSED[name]):
+            fold_norms(model, flash=flash)
+        assert all(torch.equal(a, b) for a, b in
+                   zip(model.state_dict().values(), source.state_dict().values(), strict=True))
+        where = foldable(model)
+        if not where:
+            return
+    model, report = fold_norms(model, where, flash=flash)
+    assert report.exact and report.max_rel_error < TOL
+    assert _rel_err(model, source) < TOL
+    if flash:
+        assert any("FlashNorm" in c.detail for c in report.changes)
+
+
+@pytest.mark.parametrize("op", [to_rmsnorm, to_crmsnorm], ids=["rmsnorm", "crmsnorm"])
+def test_conversion_is_exact_on_pre_ln_models_and_refused_elsewhere(arch, op):
+    name, source = arch
+    model = copy.deepcopy(source)
+    if name not in PRE_LN:
+        with pytest.raises(ValueError, match=CONVERT_REFUSED):
+            op(model)
+        return
+    model, report = op(model)
+    assert report.exact and report.max_rel_error < TOL
+    assert _rel_err(model, source) < TOL
+    assert not [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
