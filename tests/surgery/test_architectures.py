@@ -5,6 +5,7 @@ from a traced forward: exact where the structure allows, refused with the reason
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -29,11 +30,24 @@ FOLD_REFUSED = {
     "bert-seqcls": "embeddings.LayerNorm",
 }
 CONVERT_REFUSED = "already normalizes with RMSNorm|not a Pre-LN norm"
+# FlashNorm on these in the default suite (every norm kind, offset and reader layout), on the
+# rest with -m slow
+FLASH = {"llama", "gemma", "qwen3", "gpt2", "t5", "vit", "bloom", "bert-seqcls"}
+NAMES = list(ZOO)
 
 
-@pytest.fixture(scope="module", params=list(ZOO))
+@functools.cache
+def _built(name: str):
+    return build(name)
+
+
+@pytest.fixture
 def arch(request):
-    return request.param, build(request.param)
+    return request.param, _built(request.param)
+
+
+def by_name(test):
+    return pytest.mark.parametrize("arch", NAMES, indirect=True)(test)
 
 
 def _outputs(model, inputs):
@@ -48,22 +62,21 @@ def _rel_err(model, source) -> float:
     return ((after - before).abs().max() / before.abs().max()).item()
 
 
-def test_every_architecture_is_read_from_its_structure(arch):
-    name, model = arch
-    assert find_adapter(model) is None and get_adapter(model) is TRACED
-    layout = TRACED.layout(model)
-    assert layout.norms and all(s.role in ("pre", "final", "inner", "post", "start") for s in layout.norms)
-
-
+@by_name
 def test_swapping_to_the_same_norm_is_exact(arch):
-    name, source = arch
+    _, source = arch
+    assert find_adapter(source) is None and get_adapter(source) is TRACED  # no file of names
     model, report = swap_norms(copy.deepcopy(source), same_family(source))
     assert report.exact and report.max_rel_error < TOL
     assert all(isinstance(model.get_submodule(c.path), Norm) for c in report.changes)
     assert _rel_err(model, source) < TOL
 
 
-@pytest.mark.parametrize("flash", [False, True], ids=["fold", "flashnorm"])
+@pytest.mark.parametrize(("arch", "flash"), [
+    pytest.param(name, flash, id=f"{name}-{'flashnorm' if flash else 'fold'}",
+                 marks=pytest.mark.slow if flash and name not in FLASH else ())
+    for name in NAMES for flash in (False, True)
+], indirect=["arch"])
 def test_fold_is_exact_or_refused_with_the_reason(arch, flash):
     name, source = arch
     model = copy.deepcopy(source)
@@ -83,7 +96,11 @@ def test_fold_is_exact_or_refused_with_the_reason(arch, flash):
         assert any("FlashNorm" in c.detail for c in report.changes)
 
 
-@pytest.mark.parametrize("op", [to_rmsnorm, to_crmsnorm], ids=["rmsnorm", "crmsnorm"])
+@pytest.mark.parametrize(("arch", "op"), [
+    pytest.param(name, op, id=f"{name}-{op.__name__}",
+                 marks=pytest.mark.slow if op is to_crmsnorm and name not in PRE_LN else ())
+    for name in NAMES for op in (to_rmsnorm, to_crmsnorm)
+], indirect=["arch"])
 def test_conversion_is_exact_on_pre_ln_models_and_refused_elsewhere(arch, op):
     name, source = arch
     model = copy.deepcopy(source)
