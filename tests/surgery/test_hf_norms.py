@@ -23,7 +23,7 @@ def _instance(module: str, name: str):
     for kwargs in ({"eps": 1e-6}, {}):
         try:
             return cls(DIM, **kwargs)
-        except Exception:  # noqa: BLE001, S112  (a constructor taking a config or other shapes)
+        except Exception:
             continue
     return None
 

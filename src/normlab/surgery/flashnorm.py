@@ -10,7 +10,7 @@ subtraction is the linear map P = I − 11ᵀ/D: W(γ ⊙ (x − μ)/σ + β) + 
 
     y = F.linear(x, W') · rsqrt(stat(x) + eps) + b'      stat = mean(x²) (RMSNorm) or var(x)
 
-The statistic is computed in float32 whatever the input dtype.
+The statistic is computed in at least float32 whatever the input dtype.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class DeferredNormLinear(nn.Linear):
         self.eps, self.center = eps, center
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
+        x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # at least fp32
         stat = x32.var(-1, unbiased=False, keepdim=True) if self.center else x32.pow(2).mean(
             -1, keepdim=True)
         y = F.linear(x, self.weight) * torch.rsqrt(stat + self.eps).to(x.dtype)
