@@ -30,14 +30,14 @@ class Encoder(nn.Module):
 
 def test_a_model_without_adapter_is_measured_on_its_last_hidden_state():
     x = torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(0))
-    model, report = swap_norms(Encoder(), "dyt", approximate=True, probe=x)
+    _, report = swap_norms(Encoder(), "dyt", approximate=True, probe=x)
     assert report.output == "output (2, 3, 8)" and report.max_abs_error > 0
 
 
 def test_a_huggingface_model_is_measured_on_its_logits_with_user_inputs():
     source = build("qwen2")
     ids = torch.randint(0, 61, (3, 5), generator=torch.Generator().manual_seed(0))
-    model, report = fold_norms(copy.deepcopy(source), probe={"input_ids": ids})
+    _, report = fold_norms(copy.deepcopy(source), probe={"input_ids": ids})
     assert report.output == "output (3, 5, 61)" and report.max_rel_error < 1e-5
     _, swapped = swap_norms(copy.deepcopy(source), "dyt", approximate=True, probe=ids)
     assert swapped.output == "output (3, 5, 61)" and swapped.max_rel_error > 1e-3
