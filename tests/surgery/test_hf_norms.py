@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from normlab.surgery.adapters.hf_norms import hf_norm_classes, identify
+from normlab.surgery.hf_norms import hf_norm_classes, identify
 from normlab.surgery.translate import read_norm
 from normlab.surgery.zoo import build
 

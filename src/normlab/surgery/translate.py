@@ -1,7 +1,7 @@
 """Read any supported norm module into one description, and build normlab norms from specs.
 
 `read_norm` knows `torch.nn.LayerNorm`, `torch.nn.RMSNorm`, HuggingFace's norm classes
-(`adapters/hf_norms.py`: recognized by what they compute, Gemma's 1 + w included) and every
+(`hf_norms.py`: recognized by what they compute, Gemma's 1 + w included) and every
 normlab `Norm`. What it
 returns is the *function* the module computes: the effective γ (offset applied), β and eps.
 
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from normlab.norms import Norm, make_norm
 from normlab.selection import is_norm
-from normlab.surgery.adapters.hf_norms import identify
+from normlab.surgery.hf_norms import identify
 from normlab.surgery.flashnorm import DeferredNormLinear
 from normlab.surgery.stream_start import RecentredNorm
 

@@ -3,7 +3,7 @@
     get_adapter(model)   # a registered adapter, else the traced one, else ValueError
 
 Every HuggingFace model is read from its own data flow by `TRACED` (`traced.py`,
-`normlab.surgery.structure`): no file per architecture. A hand-written adapter is kept only where
+`normlab.surgery.adapters.structure`): no file per architecture. A hand-written adapter is kept only where
 the structure cannot be inferred: normlab's own models (`normlab_models.py`: placements whose
 gates and per-layer scales the trace would only see as opaque ops), and any architecture
 registered with `register_adapter` (an `HFAdapter(HFSpec(...))` of module names, `hf.py`);

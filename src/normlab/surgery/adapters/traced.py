@@ -1,5 +1,5 @@
 """The adapter of every HuggingFace model that no hand-written adapter claims: its layout is
-read from one traced probe forward (`normlab.surgery.structure`), so a decoder, an encoder or
+read from one traced probe forward (`normlab.surgery.adapters.structure`), so a decoder, an encoder or
 an encoder-decoder needs no file of module names.
 
 The probe batch follows the model's `main_input_name`: pixels (batch 2, the config's channels
@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from normlab.surgery.adapters.base import Adapter, Layout
-from normlab.surgery.structure import read_layout
-from normlab.surgery.trace import record
+from normlab.surgery.adapters.structure import read_layout
+from normlab.surgery.adapters.trace import record
 
 SEQ = 11
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from normlab.surgery.adapters.base import Layout, NormSite, Port
-from normlab.surgery.trace import Key, Op, Trace
+from normlab.surgery.adapters.trace import Key, Op, Trace
 
 # ops that move or cast whole channel vectors; kept only while the last axis stays D wide
 _MOVE = {
