@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,3 +113,16 @@ def test_conversion_is_exact_on_pre_ln_models_and_refused_elsewhere(arch, op):
     assert report.exact and report.max_rel_error < TOL
     assert _rel_err(model, source) < TOL
     assert not [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+
+
+def test_the_table_in_the_docs_states_what_these_tests_check():
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "surgery.md").read_text()
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")
+            for line in docs.splitlines() if line.startswith("| ") and line.count(" | ") == 7
+            and line.split(" | ")[1].isidentifier() and " | exact" in line}
+    assert set(rows) == set(NAMES)
+    for name, cells in rows.items():
+        fold, flash, rms, crms = (c.split(" ")[0] for c in cells[4:8])
+        assert cells[2].startswith("exact") and cells[3].startswith("approx.")
+        assert fold == flash == ("refused" if name in FOLD_REFUSED else "exact"), name
+        assert rms == crms == ("exact" if name in PRE_LN else "refused"), name

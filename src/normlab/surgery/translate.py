@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from normlab.norms import Norm, make_norm
 from normlab.selection import is_norm
-from normlab.surgery.hf_norms import identify
 from normlab.surgery.flashnorm import DeferredNormLinear
+from normlab.surgery.hf_norms import identify
 from normlab.surgery.stream_start import RecentredNorm
 
 

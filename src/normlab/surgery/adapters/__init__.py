@@ -3,8 +3,8 @@
     get_adapter(model)   # a registered adapter, else the traced one, else ValueError
 
 Every HuggingFace model is read from its own data flow by `TRACED` (`traced.py`,
-`normlab.surgery.adapters.structure`): no file per architecture. A hand-written adapter is kept only where
-the structure cannot be inferred: normlab's own models (`normlab_models.py`: placements whose
+`structure.py`): no file per architecture. A hand-written adapter is kept only where the
+structure cannot be inferred: normlab's own models (`normlab_models.py`: placements whose
 gates and per-layer scales the trace would only see as opaque ops), and any architecture
 registered with `register_adapter` (an `HFAdapter(HFSpec(...))` of module names, `hf.py`);
 importing this package imports every file in it, so a new file needs no other edit. Nothing

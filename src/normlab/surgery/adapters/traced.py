@@ -1,6 +1,6 @@
 """The adapter of every HuggingFace model that no hand-written adapter claims: its layout is
-read from one traced probe forward (`normlab.surgery.adapters.structure`), so a decoder, an encoder or
-an encoder-decoder needs no file of module names.
+read from one traced probe forward (`structure.py`), so a decoder, an encoder or an
+encoder-decoder needs no file of module names.
 
 The probe batch follows the model's `main_input_name`: pixels (batch 2, the config's channels
 and image size) or token ids uniform over the vocabulary, 2 × 11 (11: a length no hidden width
