@@ -90,9 +90,10 @@ def swap_norms(
     """Replace the selected norms of `model` (in place) by `make_norm(to, dim, **kwargs)`.
 
     Args:
-        model: a model with an adapter (HuggingFace gpt2/llama/bert/vit, normlab GPT/ViT) or
-            any module (then `where` picks among the norms `read_norm` can read and the
-            error is measured only when `probe` is given).
+        model: any module: a normlab GPT/ViT (its adapter lists the norms), a HuggingFace
+            model or anything else (`where` picks among the norms `read_norm` can read; the
+            error is measured on the probe batch, which a model without a config needs as
+            `probe`).
         to: registry name, Norm class or functools.partial of one.
         where: a selector (`normlab.selection`): a type, a name glob ("*.ln_1"), a list of
             globs or a predicate (name, module) -> bool; None = every norm the adapter knows.
