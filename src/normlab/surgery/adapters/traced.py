@@ -2,10 +2,11 @@
 read from one traced probe forward (`structure.py`), so a decoder, an encoder or an
 encoder-decoder needs no file of module names.
 
-The probe batch follows the model's `main_input_name`: pixels (batch 2, the config's channels
-and image size) or token ids uniform over the vocabulary, 2 × 11 (11: a length no hidden width
-is likely to equal; batch 1 for a sequence classifier without a pad token, which cannot pool a
-batch), plus decoder ids for an encoder-decoder and `use_cache=False` where the forward takes it.
+The probe batch, on the model's device (pixels in its dtype), follows its `main_input_name`:
+pixels (batch 2, the config's channels and image size) or token ids uniform over the
+vocabulary, 2 × 11 (11: a length no hidden width is likely to equal; batch 1 for a sequence
+classifier without a pad token, which cannot pool a batch), plus decoder ids for an
+encoder-decoder and `use_cache=False` where the forward takes it.
 """
 
 from __future__ import annotations
@@ -76,16 +77,18 @@ class TracedAdapter(Adapter):
     def probe_inputs(self, model: nn.Module, generator: torch.Generator) -> dict[str, Any]:
         config = model.config
         text = getattr(config, "get_text_config", lambda: config)()
+        weight = next(model.parameters())
         if getattr(model, "main_input_name", "input_ids") == "pixel_values":
             size = (2, config.num_channels, config.image_size, config.image_size)
-            return {"pixel_values": torch.randn(size, generator=generator)}
+            pixels = torch.randn(size, generator=generator)
+            return {"pixel_values": pixels.to(weight.device, weight.dtype)}
         pooled = type(model).__name__.endswith("ForSequenceClassification")
         batch = 1 if pooled and getattr(text, "pad_token_id", None) is None else 2
         ids = torch.randint(0, text.vocab_size, (batch, SEQ), generator=generator)
-        inputs: dict[str, Any] = {"input_ids": ids}
+        inputs: dict[str, Any] = {"input_ids": ids.to(weight.device)}
         if getattr(config, "is_encoder_decoder", False):
             inputs["decoder_input_ids"] = torch.randint(
-                0, text.vocab_size, (batch, SEQ - 4), generator=generator)
+                0, text.vocab_size, (batch, SEQ - 4), generator=generator).to(weight.device)
         if "use_cache" in inspect.signature(model.forward).parameters:
             inputs["use_cache"] = False
         return inputs
