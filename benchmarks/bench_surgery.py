@@ -116,6 +116,19 @@ def time_round_robin(models: dict[str, nn.Module], ids: torch.Tensor, repeats: i
     return stats
 
 
+def save(rows: list[dict]) -> None:
+    """Append `rows` to RESULTS; when the columns changed, rewrite it under the union of the
+    columns (older rows leave the new ones empty)."""
+    RESULTS.parent.mkdir(exist_ok=True)
+    old = list(csv.DictReader(RESULTS.open())) if RESULTS.exists() else []
+    fields = list(old[0]) if old else []
+    fields += [k for k in rows[0] if k not in fields]
+    with RESULTS.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(old + rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -165,13 +178,7 @@ def main() -> None:
                     "max_rel_error": err, "quick": args.quick, **env,
                 })
     if not args.no_save:
-        RESULTS.parent.mkdir(exist_ok=True)
-        new = not RESULTS.exists()
-        with RESULTS.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+        save(rows)
     summary = {
         f"{r['model']}/b{r['batch']}/{r['variant']}": r["ratio_to_source"] for r in rows
     }
