@@ -77,18 +77,20 @@ class TracedAdapter(Adapter):
     def probe_inputs(self, model: nn.Module, generator: torch.Generator) -> dict[str, Any]:
         config = model.config
         text = getattr(config, "get_text_config", lambda: config)()
-        weight = next(model.parameters())
+        weight = next(model.parameters(), None)
+        device = None if weight is None else weight.device
+        dtype = None if weight is None else weight.dtype
         if getattr(model, "main_input_name", "input_ids") == "pixel_values":
             size = (2, config.num_channels, config.image_size, config.image_size)
             pixels = torch.randn(size, generator=generator)
-            return {"pixel_values": pixels.to(weight.device, weight.dtype)}
+            return {"pixel_values": pixels.to(device=device, dtype=dtype)}
         pooled = type(model).__name__.endswith("ForSequenceClassification")
         batch = 1 if pooled and getattr(text, "pad_token_id", None) is None else 2
         ids = torch.randint(0, text.vocab_size, (batch, SEQ), generator=generator)
-        inputs: dict[str, Any] = {"input_ids": ids.to(weight.device)}
+        inputs: dict[str, Any] = {"input_ids": ids.to(device=device)}
         if getattr(config, "is_encoder_decoder", False):
             inputs["decoder_input_ids"] = torch.randint(
-                0, text.vocab_size, (batch, SEQ - 4), generator=generator).to(weight.device)
+                0, text.vocab_size, (batch, SEQ - 4), generator=generator).to(device=device)
         if "use_cache" in inspect.signature(model.forward).parameters:
             inputs["use_cache"] = False
         return inputs
