@@ -1,18 +1,22 @@
-"""CPU inference latency of surgery outputs: source vs to_rmsnorm vs to_crmsnorm vs fold_norms.
+"""CPU inference latency of surgery outputs against the bound of removing every norm.
 
-    python benchmarks/bench_surgery.py                 # GPT-2-small and a Llama-like model
+    python benchmarks/bench_surgery.py --threads 2     # GPT-2-small and a Llama-like model
     python benchmarks/bench_surgery.py --quick         # tiny models, a smoke run
 
 Both models are built from configs with random weights (no download): a GPT-2-small-sized
 GPT2LMHeadModel (12 layers, width 768, 12 heads, vocabulary 50257, tied head) and a Llama-like
-LlamaForCausalLM (12 layers, width 768, 12 heads, SwiGLU 2048, vocabulary 32000). Llama has no
-exact (C)RMSNorm conversion (it is already on RMSNorm), so only its folded variant is timed.
+LlamaForCausalLM (12 layers, width 768, 12 heads, SwiGLU 2048, vocabulary 32000).
 
-For each model, batch size (1 and 8) and sequence length 128, the variants are timed
-interleaved (one call of each per round, so drift hits all alike) in eval mode under
-torch.inference_mode: median and 10th/90th percentiles of --repeats rounds after --warmup
-rounds, and the ratio of each median to the source median of the same run. Each converted
-model's max relative logit error against the source is printed too. Rows are appended to
+Variants: the source; "bound", the source with every norm replaced by nn.Identity (wrong
+outputs, the fastest any norm surgery could make it); fold_norms (classes kept, norm weights 1);
+FlashNorm (fold_norms(flash=True): norms removed, 1/rms after each reader's matmul); and, for
+GPT-2, to_rmsnorm and to_crmsnorm (Llama is already on RMSNorm). For each model at batch
+--batch × sequence 128, the variants are timed interleaved (one call of each per round, so
+drift hits all alike) in eval mode under torch.inference_mode: median and 10th/90th
+percentiles of --repeats rounds after --warmup rounds, the ratio of each median to the source
+median of the same run, and the share of the bound it realizes,
+(source − variant) / (source − bound). Each variant's max relative logit error against the
+source (from its surgery report) is printed too. Rows are appended to
 benchmarks/results/surgery.csv; the last line is a JSON summary.
 
 glibc returns freed blocks above 32 MB to the OS by default, so every call that allocates a big
@@ -41,6 +45,8 @@ import transformers  # noqa: E402
 from torch import nn  # noqa: E402
 
 from normlab.surgery import fold_norms, to_crmsnorm, to_rmsnorm  # noqa: E402
+from normlab.surgery.ports import set_module  # noqa: E402
+from normlab.surgery.select import norm_modules  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "surgery.csv"
 SEQ = 128
@@ -73,12 +79,20 @@ def perturb_norms(model: nn.Module) -> nn.Module:
     return model
 
 
+def without_norms(source: nn.Module) -> nn.Module:
+    """The source with every norm replaced by nn.Identity: the latency bound."""
+    model = copy.deepcopy(source)
+    for path in norm_modules(model):
+        set_module(model, path, nn.Identity())
+    return model
+
+
 def variants(name: str, source: nn.Module) -> dict[str, tuple[nn.Module, float]]:
-    """name -> (model, max rel logit error reported by the surgery)."""
-    out = {"source": (source, 0.0)}
-    ops = {"rmsnorm": to_rmsnorm, "crmsnorm": to_crmsnorm, "fold": fold_norms}
-    if name != "gpt2-small":
-        ops = {"fold": fold_norms}
+    """name -> (model, max rel logit error reported by the surgery; NaN for the bound)."""
+    out = {"source": (source, 0.0), "bound": (without_norms(source), float("nan"))}
+    ops = {"fold": fold_norms, "flashnorm": lambda m: fold_norms(m, flash=True)}
+    if name == "gpt2-small":
+        ops.update(rmsnorm=to_rmsnorm, crmsnorm=to_crmsnorm)
     for label, op in ops.items():
         model, report = op(copy.deepcopy(source))
         out[label] = (model, report.max_rel_error)
@@ -102,10 +116,24 @@ def time_round_robin(models: dict[str, nn.Module], ids: torch.Tensor, repeats: i
     return stats
 
 
+def save(rows: list[dict]) -> None:
+    """Append `rows` to RESULTS; when the columns changed, rewrite it under the union of the
+    columns (older rows leave the new ones empty)."""
+    RESULTS.parent.mkdir(exist_ok=True)
+    old = list(csv.DictReader(RESULTS.open())) if RESULTS.exists() else []
+    fields = list(old[0]) if old else []
+    fields += [k for k in rows[0] if k not in fields]
+    with RESULTS.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(old + rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--quick", action="store_true", help="tiny models (smoke run)")
     parser.add_argument("--no-save", action="store_true", help="do not append to the CSV")
@@ -129,31 +157,28 @@ def main() -> None:
         models = variants(name, source)
         params = sum(p.numel() for p in source.parameters()) / 1e6
         print(f"\n{name} ({params:.0f}M parameters)")
-        for batch in (1, 8):
+        for batch in (args.batch,):
             vocab = source.config.vocab_size
             ids = torch.randint(0, vocab, (batch, SEQ), generator=torch.Generator().manual_seed(0))
             stats = time_round_robin(
                 {k: m for k, (m, _) in models.items()}, ids, args.repeats, args.warmup
             )
-            base = stats["source"][0]
+            base, bound = stats["source"][0], stats["bound"][0]
             for label, (median, p10, p90) in stats.items():
                 err = models[label][1]
+                share = (base - median) / (base - bound) if base != bound else float("nan")
                 print(f"  batch {batch} {label:9s} {median:9.1f} [{p10:.1f}, {p90:.1f}]  "
-                      f"ratio {median / base:.3f}  max rel logit error {err:.1e}")
+                      f"ratio {median / base:.3f}  share of bound {share:6.2f}  "
+                      f"max rel logit error {err:.1e}")
                 rows.append({
                     "time": stamp, "model": name, "batch": batch, "seq": SEQ, "variant": label,
                     "median_ms": round(median, 3), "p10_ms": round(p10, 3),
                     "p90_ms": round(p90, 3), "ratio_to_source": round(median / base, 4),
+                    "share_of_bound": round(share, 4),
                     "max_rel_error": err, "quick": args.quick, **env,
                 })
     if not args.no_save:
-        RESULTS.parent.mkdir(exist_ok=True)
-        new = not RESULTS.exists()
-        with RESULTS.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+        save(rows)
     summary = {
         f"{r['model']}/b{r['batch']}/{r['variant']}": r["ratio_to_source"] for r in rows
     }

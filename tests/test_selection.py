@@ -16,7 +16,8 @@ from normlab.weights.select import select_modules
 
 
 class LlamaRMSNorm(nn.Module):
-    """Shaped like HuggingFace's: a weight and `variance_epsilon`, not a torch norm class."""
+    """Shaped and computing like HuggingFace's (surgery recognizes it by what it computes): a
+    weight and `variance_epsilon`, not a torch norm class."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -24,7 +25,8 @@ class LlamaRMSNorm(nn.Module):
         self.variance_epsilon = 1e-6
 
     def forward(self, x):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        rms = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * x * rms
 
 
 class OlmoLayerNorm(nn.Module):

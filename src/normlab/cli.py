@@ -5,7 +5,7 @@
     normlab train --preset smoke [--set k=v ...]  # one run (--resume RUN_DIR, --init-from HF_DIR)
     normlab report RUN_DIR...                     # redraw tables and plots from the JSON
     normlab diagnose (--preset NAME | --gpt | --model DIR) --out DIR   # layer-by-layer metrics
-    normlab convert SRC_DIR --to rmsnorm|crmsnorm|fold --out DST_DIR  # exact norm surgery
+    normlab convert SRC_DIR --to rmsnorm|crmsnorm|fold|flashnorm --out DST_DIR  # exact surgery
     normlab export RUN_DIR --out DIR              # a trained run as a transformers folder
     normlab study CLAIM_PRESET... | --all | --table  # settle claims seed by seed
     normlab adapt eval|testtime RUN_DIR ...       # a run on other data; test-time norms

@@ -94,7 +94,8 @@ def test_llama_has_nothing_exact_to_convert(op):
 
 
 def test_cross_attention_gpt2_is_refused():
-    with pytest.raises(ValueError, match="cross-attention"):
+    # the probe has no encoder states: ln_cross_attn never runs, so its surroundings are unknown
+    with pytest.raises(ValueError, match=r"ln_cross_attn .*did not run in the probe forward"):
         to_rmsnorm(gpt2(add_cross_attention=True))
 
 
@@ -108,16 +109,14 @@ def test_bert_post_ln_is_refused():
 def test_unknown_model_is_refused_with_the_supported_list():
     with pytest.raises(ValueError, match="no surgery adapter") as refused:
         to_rmsnorm(nn.Sequential(nn.LayerNorm(4), nn.Linear(4, 4)))
-    for name in ("'gpt2'", "'llama'", "'bert'", "'vit'", "normlab GPT", "normlab ViT"):
+    for name in ("HuggingFace models", "normlab GPT", "normlab ViT"):
         assert name in str(refused.value)
 
 
-@pytest.mark.parametrize("model_type", ["gpt2", "llama", "bert", "vit"])
-def test_an_unsupported_class_of_a_known_architecture_is_refused(model_type):
-    model = type("SomethingForElse", (nn.Module,), {})()
-    model.config = SimpleNamespace(model_type=model_type)
-    with pytest.raises(ValueError, match=f"{model_type} adapter: unsupported model class "
-                       f"SomethingForElse; supported: "):
+def test_a_model_whose_probe_forward_fails_is_refused_with_the_reason():
+    model = type("SomethingForElse", (nn.Module,), {"forward": lambda self, x: x})()
+    model.config = SimpleNamespace(model_type="gpt2", vocab_size=5)
+    with pytest.raises(ValueError, match=r"probe forward of|probe forward, which failed"):
         to_rmsnorm(model)
 
 

@@ -41,8 +41,18 @@ def test_hf_fold_gives_the_same_logits(arch, tied):
     model, report = fold_norms(model)
     assert rel_err(outputs(model, input_ids=ids), outputs(source, input_ids=ids)) < TOL
     assert report.max_rel_error < TOL
-    norms = [m for m in model.modules() if isinstance(m, Norm)]
-    assert len(norms) == 5 and all(n.weight is None and n.bias is None for n in norms)
+    # every norm keeps its class, its weight set to the identity γ = 1 (and its bias to 0)
+    assert not [m for m in model.modules() if isinstance(m, Norm)]
+    paths = [c.path for c in report.changes if "class kept" in c.detail]
+    folded = [model.get_submodule(p) for p in paths]
+    assert len(folded) == 5
+    assert all(type(n) is type(source.get_submodule(p)) for n, p in zip(folded, paths, strict=True))
+    kept = {c.path for c in report.changes if "β kept as β/γ" in c.detail}
+    # GPT-2's head has no bias: ln_f keeps β/γ, so that no parameter is added
+    assert kept == ({"transformer.ln_f"} if arch == "gpt2" else set())
+    for n, p in zip(folded, paths, strict=True):
+        assert torch.equal(n.weight, torch.ones_like(n.weight))
+        assert getattr(n, "bias", None) is None or p in kept or not n.bias.any()
     emb = model.get_submodule(embedding)
     assert model.lm_head.weight is not emb.weight
     # the embedding itself is untouched: only the head took the final γ/β
@@ -54,8 +64,8 @@ def test_fold_where_selects_sites():
     model = gpt2()
     source = copy.deepcopy(model)
     model, _report = fold_norms(model, "*.ln_2")
-    assert isinstance(model.transformer.h[0].ln_1, nn.LayerNorm)
-    assert isinstance(model.transformer.h[0].ln_2, Norm)
+    assert torch.equal(model.transformer.h[0].ln_1.weight, source.transformer.h[0].ln_1.weight)
+    assert not model.transformer.h[0].ln_2.weight.ne(1).any()
     ids = token_ids()
     assert rel_err(outputs(model, input_ids=ids), outputs(source, input_ids=ids)) < TOL
 
@@ -80,7 +90,7 @@ def test_fold_then_convert_stays_exact():
 def test_post_ln_fold_is_refused_before_anything_changes():
     model = bert()
     before = copy.deepcopy(model.state_dict())
-    with pytest.raises(ValueError, match=r"feeds the residual stream \(Post-LN\)"):
+    with pytest.raises(ValueError, match=r"feeds a non-Linear consumer .*Post-LN"):
         fold_norms(model)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -205,7 +215,7 @@ def test_batch_norms_in_training_mode_are_refused():
 
 def test_normlab_post_ln_gpt_fold_is_refused():
     config = GPTConfig(vocab_size=37, block_size=16, depth=1, dim=16, heads=2, placement="post")
-    with pytest.raises(ValueError, match="feeds the residual stream"):
+    with pytest.raises(ValueError, match="its output is added to or is the residual stream"):
         fold_norms(GPT(config).eval())
 
 
@@ -254,7 +264,7 @@ def test_normlab_conversion_refuses_what_is_not_pre_ln(placement):
 
 def test_normlab_peri_ln_folds_only_the_selected_input_norms():
     model = _perturb_norms(_gpt(placement="peri")).eval()
-    with pytest.raises(ValueError, match="branch_out feeds the residual stream"):
+    with pytest.raises(ValueError, match="branch_out feeds a non-Linear consumer"):
         fold_norms(model)
     source = copy.deepcopy(model)
     model, report = fold_norms(model, "*_pre")

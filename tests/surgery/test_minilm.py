@@ -69,3 +69,26 @@ def test_exact_operations_refuse_post_ln(minilm, op):
     with pytest.raises(ValueError, match="Post-LN"):
         op(model)
     assert isinstance(model.embeddings.LayerNorm, torch.nn.LayerNorm)
+
+
+def _sentence_embeddings(model, batch) -> torch.Tensor:
+    """all-MiniLM-L6-v2's sentence embedding: masked mean of the last hidden state, L2-normed."""
+    hidden = outputs(model, **batch)
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    mean = (hidden * mask).sum(1) / mask.sum(1)
+    return torch.nn.functional.normalize(mean, dim=-1)
+
+
+def test_sentence_embeddings_survive_the_exact_swap_saved_and_reloaded(minilm, batch, tmp_path):
+    import transformers
+
+    from normlab.surgery import load_converted, save_converted
+
+    model, report = swap_norms(copy.deepcopy(minilm), "layernorm", probe=batch)
+    save_converted(model, tmp_path, report)
+    with pytest.raises(ValueError, match="normlab_converted"):
+        transformers.AutoModel.from_pretrained(tmp_path)
+    loaded = load_converted(tmp_path)
+    reference = _sentence_embeddings(minilm, batch)
+    for candidate in (model, loaded):
+        assert rel_err(_sentence_embeddings(candidate, batch), reference) < TOL

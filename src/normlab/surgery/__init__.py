@@ -7,7 +7,8 @@
 
 Every call edits the given instance only (nothing is patched process-wide), returns
 (model, Report), and raises ValueError naming the reason when it cannot do what it claims.
-Architectures are described by adapters (normlab.surgery.adapters), one file each.
+A HuggingFace model's layout is read from a traced probe forward (adapters/structure.py);
+normlab's own models have a hand-written adapter (normlab.surgery.adapters).
 """
 
 from normlab.surgery.convert import to_crmsnorm, to_rmsnorm

@@ -1,26 +1,37 @@
 """The `normlab convert` subcommand: surgery on a save_pretrained directory.
 
-    normlab convert SRC_DIR --to rmsnorm|crmsnorm|fold --out DST_DIR
+    normlab convert SRC_DIR --to rmsnorm|crmsnorm|fold|flashnorm --out DST_DIR [--overwrite]
 
-Loads SRC_DIR (config.json + safetensors) as its saved architecture, runs to_rmsnorm,
-to_crmsnorm or fold_norms, writes DST_DIR with `save_converted`, reloads it with
-`load_converted` to check the round trip, and prints the report. Exit status 2 when the
-conversion is refused (the reason is printed).
+Loads SRC_DIR as what it is (a surgery output through its manifest, else as its saved
+architecture), runs to_rmsnorm, to_crmsnorm, fold_norms or fold_norms(flash=True), writes
+DST_DIR with `save_converted`, reloads it with `load_converted` to check the round trip, and
+prints the report. Refused with exit status 2 and the reason: a conversion that would not be
+exact, a DST_DIR that is SRC_DIR or inside it, a non-empty DST_DIR without --overwrite.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
 from normlab.surgery.adapters import get_adapter
 from normlab.surgery.convert import to_crmsnorm, to_rmsnorm
 from normlab.surgery.fold import fold_norms
-from normlab.surgery.io import load_converted, load_source, save_converted
+from normlab.surgery.io import (
+    check_out,
+    load_converted,
+    load_source,
+    read_manifest,
+    save_converted,
+)
 from normlab.surgery.report import OutputProbe
 
-OPERATIONS = {"rmsnorm": to_rmsnorm, "crmsnorm": to_crmsnorm, "fold": fold_norms}
+OPERATIONS = {
+    "rmsnorm": to_rmsnorm, "crmsnorm": to_crmsnorm, "fold": fold_norms,
+    "flashnorm": functools.partial(fold_norms, flash=True),
+}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -32,21 +43,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("src", metavar="SRC_DIR", help="a save_pretrained directory")
     parser.add_argument("--to", required=True, choices=sorted(OPERATIONS), help="the operation")
-    parser.add_argument("--out", required=True, metavar="DST_DIR", help="output directory")
+    parser.add_argument("--out", required=True, metavar="DST_DIR",
+                        help="output directory: new or empty, never SRC_DIR or inside it")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the surgery files of a non-empty DST_DIR")
     parser.set_defaults(func=run_convert)
     return parser
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    if not Path(args.src).is_dir():
+    src, out = Path(args.src).resolve(), Path(args.out).resolve()
+    if not src.is_dir():
         raise ValueError(f"{args.src}: no such directory (a save_pretrained folder)")
-    model = load_source(args.src)
+    if out == src or src in out.parents:
+        raise ValueError(f"--out {args.out} is the source folder or inside it; write the "
+                         f"converted model somewhere else")
+    check_out(out, args.overwrite)
+    base = read_manifest(src)
+    model = load_source(src)
     try:
         model, report = OPERATIONS[args.to](model)
     except ValueError as err:
         print(f"normlab convert: refused: {err}", file=sys.stderr)
         return 2
-    out = save_converted(model, args.out, report)
+    out = save_converted(model, out, report, base=base, overwrite=args.overwrite)
     print(report)
     probe = OutputProbe(model, get_adapter(model), None)
     diff = (probe.run(load_converted(out)) - probe.reference).abs().max().item()

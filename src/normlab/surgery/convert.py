@@ -17,6 +17,9 @@ Efficient Pre-LN Transformers", NeurIPS 2023), on one model instance, in place:
 5. (to_crmsnorm) Keep the first D−1 stream channels of every writer, read them with
    W' = W[:, :D−1] − W[:, D−1:D], and use normlab's `crmsnorm` (affine=False) on D−1 channels.
 
+An embedding norm that starts the stream (BLOOM's; role "start") keeps its LayerNorm
+statistics and writes P(γ ⊙ n + β) through a D×D map (`stream_start.py`).
+
 A final norm that no Linear reads (a model without a head returns it) keeps its γ, β inside an
 `rmsnorm(affine=True, bias=True)`; to_crmsnorm refuses such a model, whose output would shrink
 to D−1 channels. Anything the adapter reports as breaking the zero-mean stream (Post-LN, an
@@ -39,6 +42,7 @@ from normlab.surgery.ports import (
     untie,
 )
 from normlab.surgery.report import Change, OutputProbe, Probe, Report
+from normlab.surgery.stream_start import recentred
 from normlab.surgery.translate import (
     NormParams,
     build_module,
@@ -89,7 +93,7 @@ def _check(op: str, model: nn.Module, layout: Layout, compress: bool) -> list[No
                 f"{op}: {site.path} is {what}, not a LayerNorm; the exact conversion starts from "
                 f"a Pre-LN model whose norms are all LayerNorms"
             )
-        if compress and not site.readers:
+        if compress and not site.readers and site.role != "start":
             raise ValueError(
                 f"{op}: no Linear reads {site.path}, whose output is the model output; a "
                 f"compressed stream would return D−1 = {params.dim - 1} channels. Use a model "
@@ -103,7 +107,7 @@ def _convert(
     model: nn.Module, op: str, *, compress: bool, probe: Probe
 ) -> tuple[nn.Module, Report]:
     adapter: Adapter = get_adapter(model)
-    layout = adapter.layout(model)
+    layout = adapter.layout(model, probe)
     norms = _check(op, model, layout, compress)
     probe_ = OutputProbe(model, adapter, probe)
     report = Report(op, layout.arch, exact=True)
@@ -127,6 +131,14 @@ def _convert(
                 detail += "; first D−1 channels kept"
             report.changes.append(Change(port.path, old, describe(model, port), detail))
         for site, params, (spec, detail) in zip(layout.norms, norms, new_norms, strict=True):
+            if site.role == "start":
+                out = params.dim - 1 if compress else params.dim
+                new = recentred(params.weight, params.bias, params.dim, out, params.eps,
+                                **param_like(params))
+                set_module(model, site.path, new)
+                report.changes.append(
+                    Change(site.path, params.label, module_label(new), detail, new.spec()))
+                continue
             new = build_module(spec, **param_like(params))
             if spec["kwargs"].get("affine"):
                 new.weight.copy_(params.weight if params.weight is not None else 1)
@@ -141,6 +153,9 @@ def _fold_site(
     model: nn.Module, site: NormSite, params: NormParams, compress: bool, report: Report
 ) -> tuple[dict, str]:
     """Fold one LayerNorm into its readers (compressing them); return the new norm's spec."""
+    if site.role == "start":
+        return {}, ("starts the stream: LN without affine, then the D×D map P·diag(γ), Pβ "
+                    "(stream_start.py)" + ("; first D−1 rows" if compress else ""))
     report.changes += fold_site(model, site, params.weight, params.bias, compress=compress)
     readers = site.readers
     if compress:

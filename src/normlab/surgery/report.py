@@ -1,8 +1,10 @@
 """The `Report` every surgery call returns, and the probe that measures the output error.
 
 The probe runs the model on one batch (random token ids or pixels from the adapter, or the
-inputs given) before and after the edit, in eval mode (dropout off, running statistics) and
-without gradients; the training flags of the surviving modules are restored afterwards.
+inputs given) before and after the edit and compares its output (logits, else the last hidden
+state of a ModelOutput: `adapters.traced.model_output`), in eval mode (dropout off, running
+statistics) and without gradients; the training flags of the surviving modules are restored
+afterwards.
 
     max_abs_error = max |y' − y|
     max_rel_error = max |y' − y| / max |y|      (relative to the largest reference magnitude, so
@@ -19,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from normlab.surgery.adapters.base import Adapter
+from normlab.surgery.adapters.traced import model_output
 
 Probe = Tensor | dict[str, Any] | None
 
@@ -86,18 +89,13 @@ class OutputProbe:
                 if self.adapter is not None:
                     out = self.adapter.output(model, self.inputs)
                 elif isinstance(self.inputs, dict):
-                    out = model(**self.inputs)
+                    out = model_output(model(**self.inputs))
                 else:
-                    out = model(self.inputs)
+                    out = model_output(model(self.inputs))
         finally:
             root = flags.get("", True)
             for name, m in model.named_modules():
                 m.training = flags.get(name, root)
-        if not isinstance(out, Tensor):
-            raise TypeError(
-                f"the probe needs a tensor output, got {type(out).__name__}; pass a model with an "
-                f"adapter or one whose forward returns a tensor"
-            )
         return out
 
     def measure(self, model: nn.Module, report: Report) -> Report:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from normlab.norms import Norm, get_norm_class, make_norm
-from normlab.surgery.adapters import find_adapter
+from normlab.surgery.adapters import TRACED, adapter_for
 from normlab.surgery.ports import get_module, set_module
 from normlab.surgery.report import Change, OutputProbe, Probe, Report
 from normlab.surgery.select import Where, norm_modules, select
@@ -91,9 +91,10 @@ def swap_norms(
     """Replace the selected norms of `model` (in place) by `make_norm(to, dim, **kwargs)`.
 
     Args:
-        model: a model with an adapter (HuggingFace gpt2/llama/bert/vit, normlab GPT/ViT) or
-            any module (then `where` picks among the norms `read_norm` can read and the
-            error is measured only when `probe` is given).
+        model: any module: a normlab GPT/ViT (its adapter lists the norms), a HuggingFace
+            model or anything else (`where` picks among the norms `read_norm` can read; the
+            error is measured on the probe batch, which a model without a config needs as
+            `probe`).
         to: registry name, Norm class or functools.partial of one.
         where: a selector (`normlab.selection`): a type, a name glob ("*.ln_1"), a list of
             globs or a predicate (name, module) -> bool; None = every norm the adapter knows.
@@ -106,9 +107,13 @@ def swap_norms(
     Returns (model, Report): every site with old → new and what was copied or dropped, and the
     max abs/rel output error on the probe batch.
     """
-    adapter = find_adapter(model)
-    layout = adapter.layout(model) if adapter is not None else None
+    adapter = adapter_for(model)
+    # a swap needs no data flow: a traced model's candidates are all its norms
+    layout = adapter.layout(model) if adapter not in (None, TRACED) else None
     candidates = [s.path for s in layout.norms] if layout else norm_modules(model)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    arch = layout.arch if layout else f"{model_type} ({type(model).__name__})" if model_type \
+        else type(model).__name__
     paths = select(model, where, candidates, "swap_norms")
     plans = []
     for path in paths:
@@ -127,7 +132,7 @@ def swap_norms(
             + " | ".join(inexact) + "); pass approximate=True to accept the approximation"
         )
     probe_ = OutputProbe(model, adapter, probe)
-    report = Report("swap_norms", layout.arch if layout else type(model).__name__, not inexact)
+    report = Report("swap_norms", arch, not inexact)
     for path, params, new, moved, why in plans:
         set_module(model, path, new)
         spec = None

@@ -1,7 +1,8 @@
 """Read any supported norm module into one description, and build normlab norms from specs.
 
-`read_norm` knows `torch.nn.LayerNorm`, `torch.nn.RMSNorm`, HuggingFace's RMSNorm classes
-(`adapters/hf_norms.py`: `variance_epsilon`, Gemma's 1 + w) and every normlab `Norm`. What it
+`read_norm` knows `torch.nn.LayerNorm`, `torch.nn.RMSNorm`, HuggingFace's norm classes
+(`hf_norms.py`: recognized by what they compute, Gemma's 1 + w included) and every
+normlab `Norm`. What it
 returns is the *function* the module computes: the effective γ (offset applied), β and eps.
 
 A normlab norm's affine is read from the norm itself, not from a list of names: it is every
@@ -23,7 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from normlab.norms import Norm, make_norm
-from normlab.surgery.adapters.hf_norms import HF_NORMS
+from normlab.selection import is_norm
+from normlab.surgery.flashnorm import DeferredNormLinear
+from normlab.surgery.hf_norms import identify
+from normlab.surgery.stream_start import RecentredNorm
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class NormParams:
     note: str = ""
     per_channel: bool = True  # False: an affine exists but is not one γ/β per channel
     affine: tuple[str, ...] = ()
+    offset: float = 0.0  # HuggingFace norms computing (offset + w): Gemma's 1 + w
 
     @property
     def is_normlab(self) -> bool:
@@ -155,7 +160,7 @@ def read_norm(module: nn.Module) -> NormParams | None:
         return NormParams(
             "rmsnorm", module.normalized_shape[0], eps, module.weight, None, module, note
         )
-    hf = HF_NORMS.get(type(module).__name__)
+    hf = identify(module) if is_norm(module) else None
     if hf is None:
         return None
     weight = module.weight
@@ -163,8 +168,10 @@ def read_norm(module: nn.Module) -> NormParams | None:
     if hf.offset:
         weight = weight + hf.offset
         note = f"γ = {hf.offset:g} + stored weight ({type(module).__name__} convention)"
+    bias = getattr(module, "bias", None) if hf.kind == "layernorm" else None
     return NormParams(
-        hf.kind, weight.shape[0], getattr(module, hf.eps_attr), weight, None, module, note
+        hf.kind, weight.shape[0], getattr(module, hf.eps_attr), weight, bias, module, note,
+        offset=hf.offset,
     )
 
 
@@ -189,34 +196,41 @@ class Folded(nn.Identity):
 
 
 def build_module(spec: dict[str, Any], **placement: Any) -> nn.Module:
-    """The module a spec describes (a normlab norm, or `Folded` for a folded-away norm)."""
+    """The module a spec describes (a normlab norm, `Folded` for a folded-away norm, or a
+    FlashNorm reader)."""
     if spec["type"] == "identity":
         return Folded()
     if spec["type"] == "norm":
         return make_norm(spec["name"], spec["dim"], **spec["kwargs"], **placement)
-    raise ValueError(f"unknown module spec type {spec['type']!r} (expected 'norm' or 'identity')")
+    if spec["type"] == "deferred_linear":
+        return DeferredNormLinear(spec["in"], spec["out"], spec["bias"], eps=spec["eps"],
+                                  center=spec["center"], **placement)
+    if spec["type"] == "recentred_norm":
+        return RecentredNorm(spec["dim"], spec["out"], eps=spec["eps"], **placement)
+    raise ValueError(f"unknown module spec type {spec['type']!r} (expected 'norm', 'identity', "
+                     f"'deferred_linear' or 'recentred_norm')")
 
 
-def statistics_only(params: NormParams) -> tuple[nn.Module, dict[str, Any] | None]:
-    """The norm with its affine removed, and its spec (None when changed in place).
+# the spec of a normlab norm changed in place into its affine=False form: `save_converted`
+# applies it to the spec that built the norm
+AFFINE_REMOVED = {"type": "affine_removed"}
 
-    torch/HuggingFace LayerNorm and RMSNorm become normlab's `layernorm`/`rmsnorm` with
-    affine=False and the same eps. A normlab norm keeps every other setting and buffer and is
-    changed in place into its affine=False form: each affine parameter becomes what that form
-    holds in its place (None, or a constant buffer such as ScaleNorm's g = √D).
+
+def statistics_only(params: NormParams) -> tuple[nn.Module, dict[str, Any]]:
+    """A normlab norm changed in place into its affine=False form, and `AFFINE_REMOVED`.
+
+    It keeps every other setting and buffer; each affine parameter becomes what that form holds
+    in its place (None, or a constant buffer such as ScaleNorm's g = √D).
     """
-    if params.is_normlab:
-        norm = params.module
-        plain = _plain_form(type(norm), norm.dim)
-        for name in params.affine:
-            old = getattr(norm, name)
-            delattr(norm, name)
-            if plain is not None and name in plain.buffers:
-                const = plain.buffers[name].to(old.device, old.dtype).clone()
-                norm.register_buffer(name, const, persistent=name not in plain.transient)
-            else:
-                norm.register_parameter(name, None)
-        norm.affine = False
-        return norm, None
-    spec = norm_spec(params.kind, params.dim, eps=params.eps, affine=False)
-    return build_module(spec, **param_like(params)), spec
+    norm = params.module
+    plain = _plain_form(type(norm), norm.dim)
+    for name in params.affine:
+        old = getattr(norm, name)
+        delattr(norm, name)
+        if plain is not None and name in plain.buffers:
+            const = plain.buffers[name].to(old.device, old.dtype).clone()
+            norm.register_buffer(name, const, persistent=name not in plain.transient)
+        else:
+            norm.register_parameter(name, None)
+    norm.affine = False
+    return norm, dict(AFFINE_REMOVED)

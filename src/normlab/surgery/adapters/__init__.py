@@ -1,11 +1,14 @@
-"""Adapters: one file per architecture, each registering itself with `register_adapter`.
+"""Adapters: what surgery knows of an architecture.
 
-    get_adapter(model)   # ValueError listing the supported architectures if none fits
+    get_adapter(model)   # a registered adapter, else the traced one, else ValueError
 
-A HuggingFace architecture is a short file registering an `HFAdapter(HFSpec(...))`, the module
-names of its blocks as data (`hf.py`); importing this package imports every file in it, so a new
-file needs no other edit. The HuggingFace adapters import nothing from `transformers`, so
-`normlab.surgery` imports without it.
+Every HuggingFace model is read from its own data flow by `TRACED` (`traced.py`,
+`structure.py`): no file per architecture. A hand-written adapter is kept only where the
+structure cannot be inferred: normlab's own models (`normlab_models.py`: placements whose
+gates and per-layer scales the trace would only see as opaque ops), and any architecture
+registered with `register_adapter` (an `HFAdapter(HFSpec(...))` of module names, `hf.py`);
+importing this package imports every file in it, so a new file needs no other edit. Nothing
+here imports `transformers`, so `normlab.surgery` imports without it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from normlab.surgery.adapters.base import (
     register_adapter,
 )
 from normlab.surgery.adapters.hf import HFAdapter, HFSpec
+from normlab.surgery.adapters.traced import TRACED
 
 import_submodules(__name__, __path__)
 
@@ -33,24 +37,30 @@ def supported() -> list[str]:
 
 
 def find_adapter(model: nn.Module) -> Adapter | None:
-    """The registered adapter that claims `model`, or None."""
+    """The registered (hand-written) adapter that claims `model`, or None."""
     return next((a for a in ADAPTERS.values() if a.claims(model)), None)
 
 
-def get_adapter(model: nn.Module) -> Adapter:
-    """As `find_adapter`, but a model without an adapter is a ValueError listing the supported."""
+def adapter_for(model: nn.Module) -> Adapter | None:
+    """The registered adapter that claims `model`, else `TRACED` for a HuggingFace model (one
+    with a `config.model_type`), else None."""
     adapter = find_adapter(model)
+    return adapter if adapter is not None or not TRACED.claims(model) else TRACED
+
+
+def get_adapter(model: nn.Module) -> Adapter:
+    """As `adapter_for`, but a model without one is a ValueError naming what is supported."""
+    adapter = adapter_for(model)
     if adapter is not None:
         return adapter
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    what = f"model_type {model_type!r}" if model_type else f"class {type(model).__name__}"
     raise ValueError(
-        f"no surgery adapter for {what}; supported: {', '.join(supported())}. "
-        f"A new architecture needs a new file in normlab/surgery/adapters/ (docs/surgery.md)"
+        f"no surgery adapter for class {type(model).__name__}: surgery reads HuggingFace models "
+        f"(with a config.model_type) and {', '.join(supported())}; register an adapter for "
+        f"anything else (docs/surgery.md)"
     )
 
 
 __all__ = [
-    "ADAPTERS", "Adapter", "HFAdapter", "HFSpec", "Layout", "NormSite", "Port", "find_adapter",
-    "get_adapter", "linears", "register_adapter", "supported",
+    "ADAPTERS", "TRACED", "Adapter", "HFAdapter", "HFSpec", "Layout", "NormSite", "Port",
+    "adapter_for", "find_adapter", "get_adapter", "linears", "register_adapter", "supported",
 ]

@@ -34,7 +34,10 @@ PortKind = Literal["linear", "conv1d", "embedding", "conv2d", "parameter"]
 #          goes only to `readers`: it folds, but the Pre-RMSNorm conversion does not apply
 #   post:  its output *is* the residual stream (Post-LN) or reaches a non-Linear consumer:
 #          nothing folds and the Pre-RMSNorm conversion does not apply
-Role = Literal["pre", "final", "inner", "post"]
+#   start: its output is the first term of the residual stream and it reads only embeddings
+#          (BLOOM's word_embeddings_layernorm): nothing folds into a Linear; the conversion
+#          keeps its statistics and recentres its output with a D×D map
+Role = Literal["pre", "final", "inner", "post", "start"]
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,9 @@ class Adapter:
         overlap)."""
         raise NotImplementedError
 
-    def layout(self, model: nn.Module) -> Layout:
+    def layout(self, model: nn.Module, inputs: Any = None) -> Layout:
+        """The layout of `model`; `inputs` are the caller's probe inputs, for adapters that
+        read the structure from a forward pass (None: their own)."""
         raise NotImplementedError
 
     def probe_inputs(self, model: nn.Module, generator: torch.Generator) -> dict[str, Any]:

@@ -111,7 +111,7 @@ class HFAdapter(Adapter):
             )
         return cls, self.spec.classes[cls]
 
-    def layout(self, model: nn.Module) -> Layout:
+    def layout(self, model: nn.Module, inputs: Any = None) -> Layout:
         s = self.spec
         cls, (base, head) = self.model_class(model)
         sites = [_under(base, n) for n in s.embedding_norms]

@@ -69,7 +69,7 @@ class NormlabAdapter(Adapter):
         cls = type(model)
         return cls.__module__.startswith("normlab.models") and cls.__name__ in self.classes
 
-    def layout(self, model: nn.Module) -> Layout:
+    def layout(self, model: nn.Module, inputs: Any = None) -> Layout:
         is_gpt = type(model).__name__ in self.language_models
         sites: list[NormSite] = []
         if is_gpt:
