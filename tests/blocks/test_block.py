@@ -43,6 +43,8 @@ def ref_attention(block: Block, x: torch.Tensor, causal: bool, mask=None) -> tor
         return F.linear(x, linear.weight, linear.bias).view(b, t, HEADS, dh).transpose(1, 2)
 
     q, k, v = heads(attn.q_proj), heads(attn.k_proj), heads(attn.v_proj)
+    if attn.v_norm is not None:  # HybridNorm's QKV-norm: each head's d channels, one weight
+        q, k, v = attn.q_norm(q), attn.k_norm(k), attn.v_norm(v)
     scores = q @ k.transpose(-1, -2) / math.sqrt(dh)  # (B, H, T, T)
     allowed = torch.ones(t, t, dtype=torch.bool)
     if causal:
@@ -116,6 +118,9 @@ def ref_block(scheme: str, block: Block, x, layer_index: int, depth: int, causal
     if scheme == "olmo2":
         h = x + n["attn_branch_out"](A(x))
         return h + n["mlp_branch_out"](M(h))
+    if scheme == "hybridnorm":  # QKV-norm inside A; Y = N(x + A(x)); out = Y + FFN(Y)
+        h = n["attn_post"](x + A(x))
+        return h + M(h)
     raise AssertionError(f"no reference for {scheme!r}")
 
 
@@ -124,7 +129,9 @@ def norm_free(scheme: str) -> bool:
     return not (p.attn or p.mlp)
 
 
-MATRIX = [(s, n) for s in SCHEMES for n in (NORMS if not norm_free(s) else NORMS[:1])]
+# Hyper-connection blocks map n streams to n streams: tests/blocks/test_hyper.py.
+MATRIX = [(s, n) for s in SCHEMES if s != "hc"
+          for n in (NORMS if not norm_free(s) else NORMS[:1])]
 
 
 def perturbed_block(scheme: str, norm: str, layer_index: int, seed: int = 0) -> Block:

@@ -20,7 +20,7 @@ from normlab import configs
 
 @dataclass
 class ModelConfig:
-    """The network: `gpt` or `llama` (byte-level causal LMs) or `vit` (image classifier).
+    """The network: `gpt`, `llama` or `ngpt` (byte-level causal LMs) or `vit` (image classifier).
 
     `bias` and `embed_gain_init` are the GPT's only, `tie_embeddings` the GPT's and the Llama's;
     `patch_size`, `pool` and `dual_patchnorm` the ViT's; the fields from `mlp_multiple_of` on
@@ -31,7 +31,7 @@ class ModelConfig:
     N(0, 0.02) embedding stream into tanh's active range.
     """
 
-    kind: Literal["gpt", "vit", "llama"] = "gpt"
+    kind: Literal["gpt", "vit", "llama", "ngpt"] = "gpt"
     depth: int = 4
     dim: int = 128
     heads: int = 4

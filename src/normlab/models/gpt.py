@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from normlab.blocks import Attention, Block, resolve_layout
-from normlab.blocks.attention import check_qk_norm, qk_attention
+from normlab.blocks.attention import check_qk_norm, check_qkv_norm, qk_attention
 from normlab.blocks.init import init_block, init_embedding, init_linear
 from normlab.models.common import StackConfig, count_params
 from normlab.models.lm import attach_head, check_lm_inputs, decode
@@ -62,6 +62,7 @@ class GPTConfig(StackConfig):
                 f"GPTConfig.embed_gain_init must be > 0 or None, got {self.embed_gain_init!r}"
             )
         super().__post_init__()
+        check_qkv_norm(self.qk_norm, self.has_qkv_norm)
 
 
 class GPT(nn.Module):
