@@ -39,12 +39,15 @@ def ref_attention(block: Block, x: torch.Tensor, causal: bool, mask=None) -> tor
     b, t, d = x.shape
     dh = d // HEADS
 
-    def heads(linear):
-        return F.linear(x, linear.weight, linear.bias).view(b, t, HEADS, dh).transpose(1, 2)
+    def heads(linear, norm=None):
+        y = F.linear(x, linear.weight, linear.bias).view(b, t, HEADS, dh)
+        if norm is not None:  # HybridNorm's QKV-norm: each head's d channels, one weight
+            y = norm(y)
+        return y.transpose(1, 2)
 
-    q, k, v = heads(attn.q_proj), heads(attn.k_proj), heads(attn.v_proj)
-    if attn.v_norm is not None:  # HybridNorm's QKV-norm: each head's d channels, one weight
-        q, k, v = attn.q_norm(q), attn.k_norm(k), attn.v_norm(v)
+    q, k, v = (heads(p, n) for p, n in zip(
+        (attn.q_proj, attn.k_proj, attn.v_proj), (attn.q_norm, attn.k_norm, attn.v_norm),
+        strict=True))
     scores = q @ k.transpose(-1, -2) / math.sqrt(dh)  # (B, H, T, T)
     allowed = torch.ones(t, t, dtype=torch.bool)
     if causal:
@@ -163,9 +166,11 @@ def test_norm_slots_match_the_placement(scheme, norm):
     expected = {f"attn_{s}" for s in placement.attn} | {f"mlp_{s}" for s in placement.mlp}
     slots = block.norm_slots()
     assert set(slots) == expected
-    nested = {id(m) for norm in slots.values() for m in norm.modules() if m is not norm}
+    qkv = [block.attn.q_norm, block.attn.k_norm, block.attn.v_norm] if placement.qkv_norm else []
+    nested = {id(m) for norm in (*slots.values(), *qkv) for m in norm.modules() if m is not norm}
     norms = [m for m in block.modules() if isinstance(m, Norm) and id(m) not in nested]
-    assert len(norms) == len(expected)  # no norm outside the slots
+    assert all(type(n) is get_norm_class(norm) and n.dim == DIM // HEADS for n in qkv)
+    assert len(norms) == len(expected) + len(qkv)  # no norm outside the slots and QKV-norm
     cls = get_norm_class(norm)
     for key, module in slots.items():
         assert type(module) is cls

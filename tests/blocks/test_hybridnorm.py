@@ -57,7 +57,7 @@ def test_grouped_qkv_norm_is_per_head_before_rope():
             norm.weight.add_(torch.randn_like(norm.weight))
     assert attn.q_norm.dim == attn.v_norm.dim == 4
     x = torch.randn(2, 3, 16, dtype=torch.float64)
-    q, k, v = attn.qkv(x)  # (B, H, T, d), k and v repeated per group
+    v = attn.qkv(x)[2]  # (B, H, T, d), repeated per group
     raw_v = attn.v_proj(x).view(2, 3, 2, 4)
     rms = raw_v.pow(2).mean(-1, keepdim=True).add(1e-12).sqrt()
     expected = (raw_v / rms * attn.v_norm.weight).transpose(1, 2).repeat_interleave(2, dim=1)

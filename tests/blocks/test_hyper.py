@@ -59,8 +59,9 @@ def test_one_stream_model_is_exactly_the_pre_ln_model(model):
 
 
 def reference(hc: HyperConnection, streams: torch.Tensor, branch) -> torch.Tensor:
-    """Algorithm 1, one token and one stream at a time: α_j = s_α·tanh(LN(H_j) W_α) + α_j^static,
-    B_j = s_β·tanh(LN(H_j)·W_β) + B_j^static; h = Σ_j α_j0 H_j; H'_i = B_i·F(h) + Σ_j α_j(1+i) H_j."""
+    """Algorithm 1, one token and one stream at a time:
+    α_j = s_α·tanh(LN(H_j) W_α) + α_j^static,  B_j = s_β·tanh(LN(H_j)·W_β) + B_j^static;
+    h = Σ_j α_j0 H_j;  H'_i = B_i·F(h) + Σ_j α_j(1+i) H_j."""
     n = hc.streams
     out = torch.empty_like(streams)
     for b in range(streams.shape[0]):

@@ -22,7 +22,7 @@ from torch import nn
 
 from normlab.bench.config import ModelConfig, RunConfig
 from normlab.bench.data import data_class
-from normlab.models import NGPT, GPT, GPTConfig, Llama, LlamaConfig, NGPTConfig, ViT, ViTConfig
+from normlab.models import GPT, NGPT, GPTConfig, Llama, LlamaConfig, NGPTConfig, ViT, ViTConfig
 from normlab.weights import UnitNormProjection
 
 KINDS: dict[str, tuple[type, type[nn.Module]]] = {"gpt": (GPTConfig, GPT),
