@@ -9,7 +9,7 @@ import pytest
 
 from normlab.bench.model import build_model, weight_projection
 from normlab.bench.presets import expand, load_preset
-from normlab.models import NGPT, GPT, GPTConfig, Llama, LlamaConfig, NGPTConfig
+from normlab.models import GPT, NGPT, GPTConfig, Llama, LlamaConfig, NGPTConfig
 
 
 def test_modern_is_three_schemes_by_three_norms_on_the_llama():
@@ -24,8 +24,10 @@ def test_modern_is_three_schemes_by_three_norms_on_the_llama():
 
 def test_modern_ngpt_trains_as_the_paper_does():
     cfg, sweep = load_preset("modern-ngpt")
-    ((_, arm),) = expand(cfg, sweep)
-    assert arm.optim.weight_decay == 0 and arm.schedule.warmup_steps == 0
+    arms = [arm for _, arm in expand(cfg, sweep)]
+    assert [arm.optim.lr for arm in arms] == [3e-3, 1e-2, 3e-2]
+    arm = arms[0]
+    assert all(a.optim.weight_decay == 0 and a.schedule.warmup_steps == 0 for a in arms)
     model = build_model(arm)
     assert isinstance(model, NGPT) and model.config.mlp_hidden == 176
     modern, _ = load_preset("modern")
