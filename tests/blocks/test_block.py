@@ -39,10 +39,15 @@ def ref_attention(block: Block, x: torch.Tensor, causal: bool, mask=None) -> tor
     b, t, d = x.shape
     dh = d // HEADS
 
-    def heads(linear):
-        return F.linear(x, linear.weight, linear.bias).view(b, t, HEADS, dh).transpose(1, 2)
+    def heads(linear, norm=None):
+        y = F.linear(x, linear.weight, linear.bias).view(b, t, HEADS, dh)
+        if norm is not None:  # HybridNorm's QKV-norm: each head's d channels, one weight
+            y = norm(y)
+        return y.transpose(1, 2)
 
-    q, k, v = heads(attn.q_proj), heads(attn.k_proj), heads(attn.v_proj)
+    q, k, v = (heads(p, n) for p, n in zip(
+        (attn.q_proj, attn.k_proj, attn.v_proj), (attn.q_norm, attn.k_norm, attn.v_norm),
+        strict=True))
     scores = q @ k.transpose(-1, -2) / math.sqrt(dh)  # (B, H, T, T)
     allowed = torch.ones(t, t, dtype=torch.bool)
     if causal:
@@ -116,6 +121,9 @@ def ref_block(scheme: str, block: Block, x, layer_index: int, depth: int, causal
     if scheme == "olmo2":
         h = x + n["attn_branch_out"](A(x))
         return h + n["mlp_branch_out"](M(h))
+    if scheme == "hybridnorm":  # QKV-norm inside A; Y = N(x + A(x)); out = Y + FFN(Y)
+        h = n["attn_post"](x + A(x))
+        return h + M(h)
     raise AssertionError(f"no reference for {scheme!r}")
 
 
@@ -124,7 +132,9 @@ def norm_free(scheme: str) -> bool:
     return not (p.attn or p.mlp)
 
 
-MATRIX = [(s, n) for s in SCHEMES for n in (NORMS if not norm_free(s) else NORMS[:1])]
+# Hyper-connection blocks map n streams to n streams: tests/blocks/test_hyper.py.
+MATRIX = [(s, n) for s in SCHEMES if s != "hc"
+          for n in (NORMS if not norm_free(s) else NORMS[:1])]
 
 
 def perturbed_block(scheme: str, norm: str, layer_index: int, seed: int = 0) -> Block:
@@ -156,9 +166,11 @@ def test_norm_slots_match_the_placement(scheme, norm):
     expected = {f"attn_{s}" for s in placement.attn} | {f"mlp_{s}" for s in placement.mlp}
     slots = block.norm_slots()
     assert set(slots) == expected
-    nested = {id(m) for norm in slots.values() for m in norm.modules() if m is not norm}
+    qkv = [block.attn.q_norm, block.attn.k_norm, block.attn.v_norm] if placement.qkv_norm else []
+    nested = {id(m) for norm in (*slots.values(), *qkv) for m in norm.modules() if m is not norm}
     norms = [m for m in block.modules() if isinstance(m, Norm) and id(m) not in nested]
-    assert len(norms) == len(expected)  # no norm outside the slots
+    assert all(type(n) is get_norm_class(norm) and n.dim == DIM // HEADS for n in qkv)
+    assert len(norms) == len(expected) + len(qkv)  # no norm outside the slots and QKV-norm
     cls = get_norm_class(norm)
     for key, module in slots.items():
         assert type(module) is cls

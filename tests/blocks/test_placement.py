@@ -28,7 +28,7 @@ from normlab.blocks import (
 # The published schemes; a new one registered in placement.py joins `SCHEMES` after them.
 KNOWN = (
     "post", "pre", "peri", "mix", "lns", "deepnorm", "normformer", "gpas", "rezero", "skipinit",
-    "tfixup", "none", "olmo2",
+    "tfixup", "none", "olmo2", "hybridnorm", "hc",
 )
 
 # The norm slots (attn, mlp) and model-level norms (final, embedding) each paper specifies, at
@@ -47,6 +47,8 @@ EXPECTED = {
     "tfixup": ((), (), False, False),
     "none": ((), (), False, False),
     "olmo2": (("branch_out",), ("branch_out",), True, False),
+    "hybridnorm": (("post",), (), True, False),
+    "hc": (("pre",), ("pre",), True, False),
 }
 
 

@@ -65,13 +65,21 @@ def test_tied_and_untied_embeddings_and_num_params():
     assert tied.num_params(non_embedding=True) == manual - 16 * 32
 
 
+def inner_norms(block) -> int:
+    """Norms inside a block that are no placement slot: QK(V)-norms in attention, the dynamic
+    hyper-connections' LayerNorms."""
+    attn = sum(n is not None for n in (block.attn.q_norm, block.attn.k_norm, block.attn.v_norm))
+    hyper = block.hyper.values() if block.hyper is not None else ()
+    return attn + sum(h.norm is not None for h in hyper)
+
+
 @pytest.mark.parametrize("scheme", list(SCHEMES))
 def test_model_level_norms_follow_the_scheme(scheme):
     model = gpt(placement=scheme)
     layout = model.layout
     assert (model.final_norm is not None) == layout.final_norm
     assert (model.embed_norm is not None) == layout.embed_norm
-    block_norms = sum(len(b.norm_slots()) for b in model.blocks)
+    block_norms = sum(len(b.norm_slots()) + inner_norms(b) for b in model.blocks)
     outside = int(layout.final_norm) + int(layout.embed_norm)
     assert sum(isinstance(m, Norm) for m in model.modules()) == block_norms + outside
     # the head reads a normalized stream unless the scheme has no norm at all

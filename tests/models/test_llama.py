@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.models.test_gpt import inner_norms
 
 from normlab.bench.config import RunConfig
 from normlab.bench.model import build_model
@@ -239,11 +240,11 @@ def test_tied_and_untied_heads():
 
 @pytest.mark.parametrize("scheme", list(SCHEMES))
 def test_every_scheme_builds_the_model_level_norms(scheme):
-    model = llama(placement=scheme, qk_norm="per_head")
+    model = llama(placement=scheme, qk_norm=None if scheme == "hybridnorm" else "per_head")
     layout = model.layout
     assert (model.final_norm is not None) == layout.final_norm
     assert (model.embed_norm is not None) == layout.embed_norm
-    block_norms = sum(len(b.norm_slots()) + 2 for b in model.blocks)  # + q_norm, k_norm
+    block_norms = sum(len(b.norm_slots()) + inner_norms(b) for b in model.blocks)
     outside = int(layout.final_norm) + int(layout.embed_norm)
     assert sum(isinstance(m, Norm) for m in model.modules()) == block_norms + outside
 

@@ -1,7 +1,8 @@
 """Every scheme × (layernorm, rmsnorm, dyt) trains the Llama: it overfits one tiny batch.
 
 The Llama's blocks are the GPT's `Block` with rotary grouped-query attention (QK-norm on) and
-a SwiGLU MLP; the matrix and the criterion are the GPT's (`test_overfit_matrix`). Every scheme
+a SwiGLU MLP; the matrix and the criterion are the GPT's (`test_overfit_matrix`); HybridNorm
+brings its own per-head QKV-norm. Every scheme
 runs by default with RMSNorm (the Llama's norm); the other norms are marked slow.
 """
 
@@ -22,8 +23,9 @@ LLAMA_MATRIX = [
 @pytest.mark.parametrize(("scheme", "norm"), LLAMA_MATRIX)
 def test_llama_overfits_a_tiny_batch(scheme, norm):
     torch.manual_seed(0)
+    qk_norm = None if scheme == "hybridnorm" else "per_head"  # its QKV-norm includes q and k
     model = Llama(LlamaConfig(vocab_size=32, block_size=16, depth=2, dim=32, heads=4, kv_heads=2,
-                              qk_norm="per_head", norm=norm, placement=scheme))
+                              qk_norm=qk_norm, norm=norm, placement=scheme))
     gen = torch.Generator().manual_seed(1)
     idx, targets = (torch.randint(0, 32, (4, 16), generator=gen) for _ in range(2))
     first, end = overfit(model, GPT_LR, idx, targets)

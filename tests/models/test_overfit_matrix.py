@@ -33,8 +33,10 @@ MATRIX = [(s, n) for s in SCHEMES for n in (NORMS if has_norms(s) else NORMS[:1]
 LAST_STEPS = 20
 
 
-def overfit(model: torch.nn.Module, lr: float, *batch: torch.Tensor) -> tuple[float, float]:
-    """(first loss, mean loss of the last LAST_STEPS) of Adam steps on one fixed batch."""
+def overfit(model: torch.nn.Module, lr: float, *batch: torch.Tensor,
+            after_step=None) -> tuple[float, float]:
+    """(first loss, mean loss of the last LAST_STEPS) of Adam steps on one fixed batch;
+    `after_step()` runs after each step (nGPT's projection)."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
     for _ in range(STEPS):
@@ -43,6 +45,8 @@ def overfit(model: torch.nn.Module, lr: float, *batch: torch.Tensor) -> tuple[fl
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if after_step is not None:
+            after_step()
     return losses[0], sum(losses[-LAST_STEPS:]) / LAST_STEPS
 
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.models.test_gpt import inner_norms
 
 from normlab.blocks import SCHEMES
 from normlab.models import ViT, ViTConfig
@@ -96,7 +97,7 @@ def test_model_level_norms_follow_the_scheme(scheme):
     model = vit(placement=scheme)
     layout = model.layout
     assert (model.final_norm is not None) == layout.final_norm
-    block_norms = sum(len(b.norm_slots()) for b in model.blocks)
+    block_norms = sum(len(b.norm_slots()) + inner_norms(b) for b in model.blocks)
     outside = int(layout.final_norm) + int(layout.embed_norm)
     assert sum(isinstance(m, Norm) for m in model.modules()) == block_norms + outside
     assert all(not b.attn.causal for b in model.blocks)

@@ -22,7 +22,7 @@ from normlab.norms import get_norm_class
 
 @dataclass
 class ModelConfig:
-    """The network: `gpt` or `llama` (byte-level causal LMs) or `vit` (image classifier).
+    """The network: `gpt`, `llama` or `ngpt` (byte-level causal LMs) or `vit` (image classifier).
 
     `bias` and `embed_gain_init` are the GPT's only, `tie_embeddings` the GPT's and the Llama's;
     `patch_size`, `pool` and `dual_patchnorm` the ViT's; the fields from `mlp_multiple_of` on
@@ -36,7 +36,7 @@ class ModelConfig:
     train --init-from SOURCE` sets it and the architecture fields to the source's).
     """
 
-    kind: Literal["gpt", "vit", "llama"] = "gpt"
+    kind: Literal["gpt", "vit", "llama", "ngpt"] = "gpt"
     depth: int = 4
     dim: int = 128
     heads: int = 4

@@ -1,7 +1,8 @@
 """The model a bench config describes, its config built from the bench config by field name.
 
-    model_config(cfg)   # a GPTConfig, LlamaConfig or ViTConfig: the model's own checks run here
-    build_model(cfg)    # the GPT, Llama or ViT itself
+    model_config(cfg)   # a GPTConfig, LlamaConfig, NGPTConfig or ViTConfig: the model's checks
+    build_model(cfg)    # the GPT, Llama, nGPT or ViT itself
+    weight_projection(cfg, model)   # what the trainer calls after every optimizer step, or None
 
 A field of the model config is filled from, in order: what the data fixes (the vocabulary, the
 window length, the image shape: `TextData.model_fields` / `DigitsData.model_fields`), the
@@ -16,16 +17,23 @@ from __future__ import annotations
 import dataclasses
 import re
 import warnings
+from collections.abc import Callable
 
 from torch import nn
 
 from normlab.bench.config import ModelConfig, RunConfig, with_recipe
 from normlab.bench.data import data_class
-from normlab.models import GPT, GPTConfig, Llama, LlamaConfig, ViT, ViTConfig
+from normlab.models import GPT, NGPT, GPTConfig, Llama, LlamaConfig, NGPTConfig, ViT, ViTConfig
+from normlab.weights import UnitNormProjection
 
 KINDS: dict[str, tuple[type, type[nn.Module]]] = {"gpt": (GPTConfig, GPT),
                                                   "vit": (ViTConfig, ViT),
-                                                  "llama": (LlamaConfig, Llama)}
+                                                  "llama": (LlamaConfig, Llama),
+                                                  "ngpt": (NGPTConfig, NGPT)}
+# kind -> the projection its weights need after every optimizer step (nGPT's unit-norm rows)
+PROJECTIONS: dict[str, Callable[[nn.Module], Callable[[], None]]] = {
+    "ngpt": lambda model: UnitNormProjection(model.unit_norm_matrices()).project,
+}
 # model-config field -> where the bench config holds it, when not `model.<same name>`
 SOURCES = {"norm": "norm.name", "norm_kwargs": "norm.kwargs",
            "norm_kwargs_by_position": "norm.kwargs_by_position", "placement": "placement.name",
@@ -81,3 +89,17 @@ def build_model(cfg: RunConfig) -> nn.Module:
     _, model_class = KINDS[cfg.model.kind]
     return model_class(model_config(cfg))
 
+
+def weight_projection(cfg: RunConfig, model: nn.Module) -> Callable[[], None] | None:
+    """The function the trainer calls after every optimizer step for this kind of model (nGPT:
+    every matrix back on the unit sphere), None for the others. For nGPT it warns when weight
+    decay or warmup is on: the paper trains it with neither."""
+    projection = PROJECTIONS.get(cfg.model.kind)
+    if projection is None:
+        return None
+    if cfg.optim.weight_decay or cfg.schedule.warmup_steps:
+        warnings.warn(f"model.kind {cfg.model.kind!r} is trained without weight decay and "
+                      f"warmup in its paper; this run has optim.weight_decay="
+                      f"{cfg.optim.weight_decay} and schedule.warmup_steps="
+                      f"{cfg.schedule.warmup_steps}", stacklevel=2)
+    return projection(model)

@@ -47,7 +47,7 @@ from normlab.bench.data import load_data
 from normlab.bench.diagnostics import FILE, TrainingDiagnostics
 from normlab.bench.init_from import load_initial_weights
 from normlab.bench.metrics import read_metrics, summarize, write_atomic, write_metrics
-from normlab.bench.model import build_model
+from normlab.bench.model import build_model, weight_projection
 from normlab.bench.optim import (
     classifier_parameters,
     clip_gradients_,
@@ -97,6 +97,7 @@ class Session:
     gate_params: list[nn.Parameter]
     tokens_per_step: int
     num_params: int
+    project: Callable[[], None] | None = None  # after every optimizer step (nGPT)
 
     def autocast(self):
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
@@ -153,6 +154,7 @@ def prepare(cfg: RunConfig, rt: Runtime, run_dir: Path, *, fresh: bool = True) -
         agc_params=[p for p in model.parameters() if id(p) not in head],
         gate_params=gpas_gate_parameters(model) if cfg.optim.gate_clip else [],
         tokens_per_step=cfg.data.batch_size * tokens * rt.dist.world, num_params=num_params,
+        project=weight_projection(cfg, model),
     )
 
 
@@ -275,6 +277,8 @@ def train_step(s: Session, state: LoopState) -> dict[str, Any]:
         s.scaler.update()
     else:
         s.optimizer.step()
+    if s.project is not None:
+        s.project()
     s.optimizer.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -14,11 +14,13 @@ from normlab.blocks.block import (
     gpas,
     make_block,
 )
+from normlab.blocks.hyper import HyperConnection, run_stack
 from normlab.blocks.init import init_block, init_embedding, init_linear
 from normlab.blocks.placement import (
     SCHEMES,
     SUBLAYERS,
     Gate,
+    Hyper,
     InitSpec,
     Layout,
     Placement,
@@ -42,6 +44,8 @@ __all__ = [
     "Block",
     "Gate",
     "GroupedAttention",
+    "Hyper",
+    "HyperConnection",
     "InitSpec",
     "Layout",
     "Placement",
@@ -61,5 +65,6 @@ __all__ = [
     "resolve_layout",
     "resolve_placement",
     "rotary_cos_sin",
+    "run_stack",
     "tfixup_constants",
 ]

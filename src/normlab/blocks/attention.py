@@ -9,14 +9,14 @@ masking, dropout and NormFormer head scale); `Block(..., attention=partial(Group
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-from normlab.blocks.block import Attention
+from normlab.blocks.block import Attention, per_head_norm
 from normlab.blocks.rotary import apply_rotary, check_rotary_head_dim, rotary_cos_sin
 from normlab.norms import Norm, get_norm_class, make_norm
 
@@ -31,6 +31,16 @@ def check_qk_norm(qk_norm: str | None, qk_norm_name: str | None = None) -> None:
         raise ValueError(f"qk_norm must be None, 'per_head' or 'across_heads', got {qk_norm!r}")
     if qk_norm_name is not None:
         get_norm_class(qk_norm_name)  # ValueError listing the known norms
+
+
+def check_qkv_norm(qk_norm: str | None, qkv_norm: bool) -> None:
+    """ValueError unless at most one of the model's QK-norm and the placement's QKV-norm is on
+    (both would normalize the queries and keys twice)."""
+    if qk_norm is not None and qkv_norm:
+        raise ValueError(
+            f"qk_norm={qk_norm!r} and a placement with QKV-norm (hybridnorm) both normalize the "
+            "queries and keys; set qk_norm to None, the placement normalizes q, k and v per head"
+        )
 
 
 def qk_attention(
@@ -74,7 +84,8 @@ class GroupedAttention(Attention):
                         heads (Qwen3, Gemma 3);
         "across_heads"  N over the flat projection, one statistic per token covering all
                         heads, weights of shape (H·d,) for q and (H_kv·d,) for k (OLMo-2).
-    The values are never normalized. Query head h uses key/value head ⌊h·H_kv/H⌋ (HF's
+    The values are normalized only under a QKV-norm placement (HybridNorm: `qkv_norm`, per
+    head like "per_head", the values too). Query head h uses key/value head ⌊h·H_kv/H⌋ (HF's
     `repeat_kv`).
 
     Papers: grouped-query attention, "GQA: Training Generalized Multi-Query Transformer Models
@@ -83,7 +94,8 @@ class GroupedAttention(Attention):
     ("Qwen3 Technical Report", 2025), across heads as "2 OLMo 2 Furious" (OLMo et al., 2024).
 
     Args:
-        dim, heads, causal, bias, dropout, head_scale: as `Attention`.
+        dim, heads, causal, bias, dropout, head_scale, qkv_norm: as `Attention`; `qkv_norm`
+            excludes `qk_norm`.
         kv_heads: H_kv, dividing H; None = H (multi-head attention).
         rope_theta: RoPE's base θ; None = no rotary embedding.
         qk_norm: None, "per_head" or "across_heads".
@@ -95,9 +107,13 @@ class GroupedAttention(Attention):
         head_scale: bool = False, kv_heads: int | None = None, rope_theta: float | None = 1e4,
         qk_norm: QKNorm | None = None, qk_norm_name: Any = "rmsnorm",
         qk_norm_kwargs: Mapping[str, Any] | None = None,
+        qkv_norm: Callable[[int], Norm] | None = None,
     ) -> None:
+        check_qk_norm(qk_norm)
+        check_qkv_norm(qk_norm, qkv_norm is not None)
         super().__init__(
-            dim, heads, causal=causal, bias=bias, dropout=dropout, head_scale=head_scale
+            dim, heads, causal=causal, bias=bias, dropout=dropout, head_scale=head_scale,
+            qkv_norm=qkv_norm,
         )
         self.kv_heads = check_kv_heads(heads, kv_heads)
         self.head_dim = dim // heads
@@ -105,14 +121,11 @@ class GroupedAttention(Attention):
             check_rotary_head_dim(self.head_dim)
             if not rope_theta > 0:
                 raise ValueError(f"rope_theta must be > 0, got {rope_theta!r}")
-        check_qk_norm(qk_norm)
         self.rope_theta = None if rope_theta is None else float(rope_theta)
-        self.qk_norm = qk_norm
+        self.qk_norm = "per_head" if qkv_norm is not None else qk_norm
         kv_width = self.kv_heads * self.head_dim
         self.k_proj = nn.Linear(dim, kv_width, bias=bias)
         self.v_proj = nn.Linear(dim, kv_width, bias=bias)
-        self.q_norm: Norm | None = None
-        self.k_norm: Norm | None = None
         if qk_norm is not None:
             kwargs = dict(qk_norm_kwargs or {})
             per_head = qk_norm == "per_head"
@@ -127,6 +140,8 @@ class GroupedAttention(Attention):
         q, k, v = (p(x).view(b, t, -1, self.head_dim) for p in self.projections)  # (B, T, n, d)
         if self.q_norm is not None:
             q, k = self._normalize(self.q_norm, q, mask), self._normalize(self.k_norm, k, mask)
+        if self.v_norm is not None:
+            v = per_head_norm(self.v_norm, v, mask)
         q, k, v = (y.transpose(1, 2) for y in (q, k, v))  # (B, n, T, d)
         if self.rope_theta is not None:
             positions = torch.arange(t, device=x.device)
@@ -140,6 +155,5 @@ class GroupedAttention(Attention):
     def _normalize(self, norm: Norm, y: Tensor, mask: Tensor | None) -> Tensor:
         """QK-norm of y (B, T, n, d): over d per head, or over the flat n·d across heads."""
         if self.qk_norm == "per_head":
-            heads_mask = None if mask is None else mask[..., None].expand(y.shape[:-1])
-            return norm(y, heads_mask)
+            return per_head_norm(norm, y, mask)
         return norm(y.flatten(2), mask).view(y.shape)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from normlab.blocks.hyper import HyperConnection
 from normlab.blocks.placement import SUBLAYERS, Architecture, Placement, resolve_placement
 from normlab.norms import Norm, make_norm
 
@@ -56,11 +58,14 @@ class Attention(nn.Module):
         head_scale: NormFormer's learnable per-head scale γ_h (init 1). It multiplies the h-th
             chunk of D/H channels *after* `out_proj`, as the fairseq code does; the paper writes
             it before W_O. The two are not equivalent; normlab follows the released code.
+        qkv_norm: HybridNorm's QKV-norm: `qkv_norm(d)` builds a norm of width d = D/H for each
+            of q, k and v (`q_norm`, `k_norm`, `v_norm`), applied to every head (one weight
+            shared by the heads) before attention. None: no norm inside attention.
     """
 
     def __init__(
         self, dim: int, heads: int, *, causal: bool, bias: bool = True, dropout: float = 0.0,
-        head_scale: bool = False,
+        head_scale: bool = False, qkv_norm: Callable[[int], Norm] | None = None,
     ) -> None:
         super().__init__()
         self.heads, self.causal, self.dropout = heads, causal, dropout
@@ -69,6 +74,11 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(dim, dim, bias=bias)
         self.out_proj = nn.Linear(dim, dim, bias=bias)
         self.head_scale = nn.Parameter(torch.ones(heads)) if head_scale else None
+        self.q_norm: Norm | None = None
+        self.k_norm: Norm | None = None
+        self.v_norm: Norm | None = None
+        if qkv_norm is not None:
+            self.q_norm, self.k_norm, self.v_norm = (qkv_norm(dim // heads) for _ in range(3))
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         b, t, _ = x.shape
@@ -84,13 +94,22 @@ class Attention(nn.Module):
         return y
 
     def qkv(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Queries, keys and values, each (B, H, T, D/H)."""
+        """Queries, keys and values, each (B, H, T, D/H), QKV-normed per head if asked."""
         b, t, _ = x.shape  # the stream may be narrower than the heads (Pre-CRMSNorm: D-1)
-        return tuple(p(x).view(b, t, self.heads, -1).transpose(1, 2) for p in self.projections)
+        q, k, v = (p(x).view(b, t, self.heads, -1) for p in self.projections)  # (B, T, H, d)
+        if self.v_norm is not None:
+            norms = (self.q_norm, self.k_norm, self.v_norm)
+            q, k, v = (per_head_norm(n, y, mask) for n, y in zip(norms, (q, k, v), strict=True))
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     @property
     def projections(self) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
         return self.q_proj, self.k_proj, self.v_proj
+
+
+def per_head_norm(norm: Norm, y: Tensor, mask: Tensor | None) -> Tensor:
+    """`norm` over the last axis of y (B, T, n, d): every head of every token on its own."""
+    return norm(y, None if mask is None else mask[..., None].expand(y.shape[:-1]))
 
 
 class MLP(nn.Module):
@@ -118,7 +137,11 @@ class Block(nn.Module):
         y = stream_gate( N_post( α · residual_gate · x + h ) )
 
     with s = `placement.input_scale` and α = `placement.residual_scale`. Every norm gets the
-    padding mask (True = real token), so batch-statistics norms never count padding.
+    padding mask (True = real token), so batch-statistics norms never count padding. With
+    `placement.hyper` the block maps n streams (B, T, n, D) to n streams: each sublayer reads
+    its input from them and writes its output h back (`HyperConnection`) in place of the add.
+    With `placement.qkv_norm` the attention normalizes each head's q, k and v with the block's
+    norm (the attention factory must take `qkv_norm`, as `Attention` and `GroupedAttention` do).
 
     The sublayers are built by `attention(dim, heads, *, causal, bias, dropout, head_scale)`
     and `mlp(dim, hidden, *, bias, norm)`: `Attention` and `MLP` by default; the Llama passes
@@ -128,6 +151,7 @@ class Block(nn.Module):
         norms: ModuleDict of the sublayer norms, keys "<sublayer>_<slot>" (e.g. "attn_pre"); the
             "mlp_hidden" norm lives in `mlp.norm` (see `norm_slots`).
         gates: ParameterDict of the learnable gates, keys `Gate.key(sublayer)`.
+        hyper: ModuleDict of the two `HyperConnection`s, keys "attn" and "mlp", or None.
     """
 
     def __init__(
@@ -155,8 +179,10 @@ class Block(nn.Module):
             f"{sub}_{slot}": build(sub, dim)
             for sub in SUBLAYERS for slot in placement.slots(sub) if slot != "hidden"
         })
+        qkv = {"qkv_norm": partial(build, "attn")} if placement.qkv_norm else {}
         self.attn = attention(
-            dim, heads, causal=causal, bias=bias, dropout=dropout, head_scale=placement.head_scale
+            dim, heads, causal=causal, bias=bias, dropout=dropout,
+            head_scale=placement.head_scale, **qkv,
         )
         hidden_norm = build("mlp", hidden) if "hidden" in placement.mlp else None
         self.mlp = mlp(dim, hidden, bias=bias, norm=hidden_norm)
@@ -165,17 +191,27 @@ class Block(nn.Module):
             for g in placement.gates for key in dict.fromkeys(g.key(s) for s in g.sublayers)
         })
         self.dropout = nn.Dropout(dropout)
+        hc = placement.hyper
+        self.hyper = None if hc is None else nn.ModuleDict({
+            sub: HyperConnection(dim, hc.streams, dynamic=hc.dynamic, layer=hc.layer + i)
+            for i, sub in enumerate(SUBLAYERS)
+        })
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         x = self._sublayer("attn", self.attn, x, mask)
         return self._sublayer("mlp", self.mlp, x, mask)
 
     def _sublayer(self, name: str, branch: nn.Module, x: Tensor, mask: Tensor | None) -> Tensor:
-        p = self.placement
-        h = branch(p.input_scale * self._norm(name, "pre", x, mask), mask)
-        h = self._gate(name, "branch", self.dropout(self._norm(name, "branch_out", h, mask)))
-        y = p.residual_scale * self._gate(name, "residual", x) + h
+        if self.hyper is not None:
+            h, rest, beta = self.hyper[name].read(x, mask)
+            return self.hyper[name].write(self._branch(name, branch, h, mask), rest, beta)
+        y = self.placement.residual_scale * self._gate(name, "residual", x)
+        y = y + self._branch(name, branch, x, mask)
         return self._gate(name, "stream", self._norm(name, "post", y, mask))
+
+    def _branch(self, name: str, branch: nn.Module, x: Tensor, mask: Tensor | None) -> Tensor:
+        h = branch(self.placement.input_scale * self._norm(name, "pre", x, mask), mask)
+        return self._gate(name, "branch", self.dropout(self._norm(name, "branch_out", h, mask)))
 
     def _norm(self, sublayer: str, slot: str, x: Tensor, mask: Tensor | None) -> Tensor:
         key = f"{sublayer}_{slot}"

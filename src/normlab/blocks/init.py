@@ -37,8 +37,8 @@ def init_block(block: Block, spec: InitSpec) -> None:
 
     q_proj and k_proj get the base init; v_proj, out_proj, fc1 and fc2 the base init times
     `spec.branch_gain` (DeepNorm's β, T-Fixup's factor; 1 otherwise). Gates are reset to their
-    `Gate.init` (0 for ReZero, SkipInit and GPAS; 1 for NormFormer's λ_resid) and NormFormer's
-    head scales to 1.
+    `Gate.init` (0 for ReZero, SkipInit and GPAS; 1 for NormFormer's λ_resid), NormFormer's
+    head scales to 1 and hyper-connections to their identity-like init.
     """
     attn, mlp = block.attn, block.mlp
     for linear in (attn.q_proj, attn.k_proj):
@@ -50,3 +50,6 @@ def init_block(block: Block, spec: InitSpec) -> None:
             block.gates[gate.key(sublayer)].fill_(gate.init)
     if attn.head_scale is not None:
         nn.init.ones_(attn.head_scale)
+    if block.hyper is not None:
+        for connection in block.hyper.values():
+            connection.reset_parameters()

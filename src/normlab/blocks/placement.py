@@ -9,7 +9,9 @@ norm slots picked from
     "post"        after the residual add:     N(x + F(·))
 
 plus constant scales (the input scale s, LNS's 1/√ℓ; the residual scale α, DeepNorm's), learnable
-`Gate`s and NormFormer's head-wise scale. A `Layout` is a whole stack: one `Placement` per block,
+`Gate`s, NormFormer's head-wise scale, per-head norms of the queries, keys and values
+(HybridNorm's QKV-norm) and hyper-connections (`Hyper`: n residual streams in place of the
+residual add). A `Layout` is a whole stack: one `Placement` per block,
 the model-level norms (embedding, final) and the `InitSpec` that `init_weights` follows.
 
 `SCHEMES` names the published layouts. A scheme is a function of the depth (and of options),
@@ -88,6 +90,41 @@ class Gate:
 
 
 @dataclass(frozen=True)
+class Hyper:
+    """Hyper-connections of one block: n residual streams mixed by learned weights.
+
+    The hidden state is H ∈ R^{n×D} per token (n copies of the embedding before block 0, summed
+    after the last). Each sublayer F (attention, MLP) is one hyper-connection "layer" k with
+    α = [A_m | A_r] ∈ R^{n×(n+1)} and B ∈ R^n:
+
+        h = A_mᵀ H,   H' = B ⊗ F(h) + A_rᵀ H
+
+    initialized A_m = e_{k mod n}, A_r = I, B = 1 (at n = 1 the plain residual x + F(x)).
+    Dynamic hyper-connections add α += s_α·tanh(LN(H) W_α) and B += s_β·tanh(LN(H) W_β), W
+    zero-initialized and s_α = s_β = 0.01, so they start as the static ones. F keeps the
+    placement's branch-side norms, scales and gates; nothing may act on the residual itself.
+
+    Attributes:
+        streams: n ≥ 1.
+        dynamic: the input-dependent weights (DHC) on top of the static ones (SHC).
+        layer: k of the block's attention sublayer; its MLP is layer k + 1 (a block is two
+            hyper-connection layers, so block i starts at k = 2i).
+
+    Paper: "Hyper-Connections" (Zhu, Huang, Zeng, Wu, Cheng, Zhou, ICLR 2025), Algorithm 1.
+    """
+
+    streams: int
+    dynamic: bool = False
+    layer: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.streams, int) or isinstance(self.streams, bool) or self.streams < 1:
+            raise ValueError(f"Hyper.streams must be a positive int, got {self.streams!r}")
+        if not isinstance(self.layer, int) or isinstance(self.layer, bool) or self.layer < 0:
+            raise ValueError(f"Hyper.layer must be an int >= 0, got {self.layer!r}")
+
+
+@dataclass(frozen=True)
 class Placement:
     """One block: norm slots per sublayer, constant scales, gates and the head-wise scale.
 
@@ -102,6 +139,11 @@ class Placement:
         residual_scale: α, multiplies the shortcut x (DeepNorm: (2L)^{1/4}).
         gates: learnable multipliers (`Gate`).
         head_scale: NormFormer's learnable per-head scale γ_h (init 1) on the attention output.
+        qkv_norm: the block's norm on each head's query, key and value (over the head size,
+            one weight shared by all heads), after the projections and before RoPE
+            (HybridNorm).
+        hyper: hyper-connections in place of the residual add (`Hyper`); then the sublayers
+            may have no "post" slot, no residual scale and no residual or stream gate.
     """
 
     attn: tuple[Slot, ...] = ()
@@ -110,6 +152,8 @@ class Placement:
     residual_scale: float = 1.0
     gates: tuple[Gate, ...] = ()
     head_scale: bool = False
+    qkv_norm: bool = False
+    hyper: Hyper | None = None
 
     def __post_init__(self) -> None:
         for sublayer in SUBLAYERS:
@@ -130,6 +174,16 @@ class Placement:
         sites = [(g.site, s) for g in self.gates for s in g.sublayers]
         if len(set(sites)) != len(sites):
             raise ValueError(f"Placement.gates: two gates act at the same site: {self.gates!r}")
+        if self.hyper is not None and not isinstance(self.hyper, Hyper):
+            raise TypeError(f"Placement.hyper must be a Hyper or None, got {self.hyper!r}")
+        if self.hyper is not None and (
+            "post" in self.attn + self.mlp or self.residual_scale != 1.0
+            or any(g.site != "branch" for g in self.gates)
+        ):
+            raise ValueError(
+                "Placement.hyper: hyper-connections replace the residual add, so the block may "
+                "have no 'post' slot, no residual_scale and no residual or stream gate"
+            )
 
     def slots(self, sublayer: Sublayer) -> tuple[Slot, ...]:
         """The norm slots of `sublayer`."""
@@ -194,9 +248,22 @@ class Layout:
     init: InitSpec = field(default_factory=InitSpec)
     scheme: str = ""
 
+    def __post_init__(self) -> None:
+        counts = {None if p.hyper is None else p.hyper.streams for p in self.blocks}
+        if len(counts) > 1:
+            raise ValueError(
+                f"Layout: every block must have the same hyper-connection streams, got {counts}"
+            )
+
     @property
     def depth(self) -> int:
         return len(self.blocks)
+
+    @property
+    def streams(self) -> int | None:
+        """The number n of hyper-connection streams, None for a plain residual stack."""
+        hyper = self.blocks[0].hyper if self.blocks else None
+        return None if hyper is None else hyper.streams
 
 
 @dataclass(frozen=True)
@@ -432,6 +499,44 @@ def _none(depth: int, architecture: Architecture) -> Layout:
 def _olmo2(depth: int, architecture: Architecture) -> Layout:
     block = Placement(attn=("branch_out",), mlp=("branch_out",))
     return Layout((block,) * depth)
+
+
+@register_scheme(
+    "hybridnorm",
+    formula="y = N(x + Attn(x)) with per-head N on q, k, v; out = y + FFN(y); final norm",
+    paper="HybridNorm: Towards Stable and Efficient Transformer Training via Hybrid "
+    "Normalization (Zhuo et al., 2025)",
+)
+def _hybridnorm(depth: int, architecture: Architecture, *, first_block_pre: bool = False
+                ) -> Layout:
+    # The official code's FFN norm also feeds the residual ("ffn_residual_after_norm"): the
+    # stream is N(y) + FFN(N(y)), which is the attention's "post" slot followed by a norm-free
+    # MLP sublayer. HybridNorm* (first_block_pre) makes block 0 Pre-Norm on both sublayers,
+    # keeping its QKV-norm.
+    block = Placement(attn=("post",), qkv_norm=True)
+    first = dataclasses.replace(PRE, qkv_norm=True) if first_block_pre else block
+    return Layout((first,) + (block,) * (depth - 1))
+
+
+@register_scheme(
+    "hc",
+    formula="H' = B·F(A_mᵀH) + A_rᵀH over n streams (F: the base scheme's branch); "
+    "H⁰ = n copies of the embedding, Σ streams before the final norm",
+    paper="Hyper-Connections (Zhu et al., ICLR 2025)",
+)
+def _hc(depth: int, architecture: Architecture, *, streams: int = 4, dynamic: bool = True,
+        base: str = "pre") -> Layout:
+    if not isinstance(base, str) or base.lower() == "hc":
+        raise ValueError(f"hc: base must be the name of another scheme, got {base!r}")
+    inner = SCHEMES.lookup(base).layout(depth, architecture)
+    try:
+        blocks = tuple(
+            dataclasses.replace(p, hyper=Hyper(streams, bool(dynamic), layer=2 * i))
+            for i, p in enumerate(inner.blocks)
+        )
+    except ValueError as error:
+        raise ValueError(f"hc on base {base!r}: {error}") from None
+    return dataclasses.replace(inner, blocks=blocks)
 
 
 def resolve_layout(

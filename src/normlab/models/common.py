@@ -68,6 +68,14 @@ class StackConfig:
         for kwargs in (*in_blocks.values(), outside):
             check_norm_kwargs(cls, kwargs)
 
+    @property
+    def has_qkv_norm(self) -> bool:
+        """Whether a block of the placement normalizes q, k and v (HybridNorm)."""
+        layout = resolve_layout(
+            self.placement, self.depth, architecture=self.architecture, **self.placement_kwargs
+        )
+        return any(p.qkv_norm for p in layout.blocks)
+
     def position_kwargs(self) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
         """(the arguments of each sublayer's norms, of the norms outside the blocks):
         `norm_kwargs` updated by `norm_kwargs_by_position`."""

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from normlab.blocks import Attention, Block, resolve_layout
-from normlab.blocks.attention import check_qk_norm, qk_attention
+from normlab.blocks.attention import check_qk_norm, check_qkv_norm, qk_attention
 from normlab.blocks.init import init_block, init_embedding, init_linear
 from normlab.models.common import StackConfig, count_params
 from normlab.models.lm import (
@@ -63,6 +63,7 @@ class GPTConfig(StackConfig):
         check_qk_norm(self.qk_norm, self.qk_norm_name)
         check_embed_gain_init("GPTConfig", self.embed_gain_init)
         super().__post_init__()
+        check_qkv_norm(self.qk_norm, self.has_qkv_norm)
 
 
 class GPT(nn.Module):

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from normlab.blocks import Block, SwiGLU, resolve_layout
-from normlab.blocks.attention import check_kv_heads, check_qk_norm, qk_attention
+from normlab.blocks.attention import check_kv_heads, check_qk_norm, check_qkv_norm, qk_attention
 from normlab.blocks.init import init_block, init_embedding, init_linear
 from normlab.blocks.rotary import check_rotary_head_dim
 from normlab.models.common import StackConfig, count_params
@@ -98,6 +98,7 @@ class LlamaConfig(StackConfig):
             raise ValueError(f"LlamaConfig.rope_theta must be > 0, got {self.rope_theta!r}")
         check_qk_norm(self.qk_norm, self.qk_norm_name)
         check_embed_gain_init("LlamaConfig", self.embed_gain_init)
+        check_qkv_norm(self.qk_norm, self.has_qkv_norm)
         if not self.init_std > 0:
             raise ValueError(f"LlamaConfig.init_std must be > 0, got {self.init_std!r}")
         if self.embed_scale != "sqrt_dim" and (

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from normlab.blocks.hyper import run_stack
 from normlab.models.common import apply_norm
 from normlab.norms import make_norm
 
@@ -82,12 +83,12 @@ def attach_head(model: nn.Module, config, outside_norm_kwargs: dict) -> None:
 def decode(model: nn.Module, x: Tensor, targets: Tensor | None, mask: Tensor | None
            ) -> tuple[Tensor, Tensor | None]:
     """From the embedded tokens x (B, T, D) to (logits (B, T, V), loss or None): the optional
-    embedding norm and dropout, every block, the final norm where the scheme has one, the LM
+    embedding norm and dropout, every block (on n streams under hyper-connections, summed
+    after the last), the final norm where the scheme has one, the LM
     head, and `lm_loss` given targets. `model` holds `embed_norm`, `drop`, `blocks`,
     `final_norm` and `lm_head`."""
     x = model.drop(apply_norm(model.embed_norm, x, mask))
-    for block in model.blocks:
-        x = block(x, mask)
+    x = run_stack(model.blocks, x, mask, model.layout.streams)
     logits = model.lm_head(apply_norm(model.final_norm, x, mask))  # (B, T, V)
     return logits, None if targets is None else lm_loss(logits, targets, mask)
 

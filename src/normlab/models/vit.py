@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normlab.blocks import Block, resolve_layout
+from normlab.blocks.hyper import run_stack
 from normlab.blocks.init import init_block, init_embedding, init_linear
 from normlab.models.common import StackConfig, apply_norm, count_params
 from normlab.norms import make_norm
@@ -117,8 +118,7 @@ class ViT(nn.Module):
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         x = self.drop(apply_norm(self.embed_norm, x + self.pos_embed))  # (B, N(+1), D)
-        for block in self.blocks:
-            x = block(x)
+        x = run_stack(self.blocks, x, None, self.layout.streams)
         x = apply_norm(self.final_norm, x)
         logits = self.head(x[:, 0] if self.cls_token is not None else x.mean(1))
         loss = None if targets is None else F.cross_entropy(logits.float(), targets)
