@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from normlab.norms import Norm
 from normlab.surgery.adapters import NormSite, Port, get_adapter
-from normlab.surgery.adapters.hf_norms import HF_NORMS
+from normlab.surgery.hf_norms import identify
 from normlab.surgery.ports import fold_site, get_module, set_param, untie
 from normlab.surgery.report import Change, OutputProbe, Probe, Report
 from normlab.surgery.select import Where, select
@@ -80,7 +80,7 @@ def _gamma_offset(path: str, module: nn.Module) -> float:
         if module.training and module.info.stats == "batch":
             raise ValueError(f"migrate_scales: {path} ({module.name}) uses batch statistics in "
                              f"training mode; call model.eval() first")
-    hf = HF_NORMS.get(type(module).__name__)
+    hf = None if isinstance(module, Norm) else identify(module)
     return hf.offset if hf is not None else 0.0
 
 
