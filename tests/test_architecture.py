@@ -3,7 +3,7 @@
 The layers, bottom first; a module may import its own layer and the layers below it:
 
     functional, configs, version,   pure maths and plain Python, nothing of normlab
-    registry
+    registry, batches
     kernels                         fused ops, checked against `normlab.functional`
     norms                           the zoo (calls the kernels)
     selection                       choosing modules of a network; the one `is_norm` rule
@@ -38,7 +38,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "normlab"
 ROOT = "normlab"
 
 LAYERS: list[set[str]] = [
-    {"functional", "configs", "version", "registry"},
+    {"functional", "configs", "version", "registry", "batches"},
     {"kernels"},
     {"norms"},
     {"selection"},

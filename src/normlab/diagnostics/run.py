@@ -15,22 +15,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from normlab.batches import Batch, call_model
 from normlab.diagnostics.ablation import skip_block_losses
 from normlab.diagnostics.outliers import add_norm_outliers
 from normlab.diagnostics.recorder import Recorder, main_output
 from normlab.diagnostics.select import Selector
 from normlab.diagnostics.summarize import summarize
 
-Batch = Tensor | tuple | list | Mapping[str, Any]
 LossFn = Callable[[nn.Module, Batch], Tensor]
-
-
-def call_model(model: nn.Module, batch: Batch) -> Any:
-    if isinstance(batch, Mapping):
-        return model(**batch)
-    if isinstance(batch, tuple | list):
-        return model(*batch)
-    return model(batch)
 
 
 def returned_loss(output: Any) -> Tensor | None:

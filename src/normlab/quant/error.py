@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from normlab.batches import Batch, call_model
 from normlab.diagnostics.recorder import main_output
-from normlab.diagnostics.run import Batch, call_model
 from normlab.quant.apply import (
     fake_quantized,
     linear_forward,

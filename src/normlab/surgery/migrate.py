@@ -38,12 +38,13 @@ is migrated only when `where` selects it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from normlab.batches import call_model
 from normlab.norms import Norm
 from normlab.surgery.adapters import NormSite, Port, get_adapter
 from normlab.surgery.hf_norms import identify
@@ -84,15 +85,6 @@ def _gamma_offset(path: str, module: nn.Module) -> float:
     return hf.offset if hf is not None else 0.0
 
 
-def _call(model: nn.Module, batch: Any) -> None:
-    if isinstance(batch, Mapping):
-        model(**batch)
-    elif isinstance(batch, tuple | list):
-        model(*batch)
-    else:
-        model(batch)
-
-
 @torch.no_grad()
 def reader_ranges(model: nn.Module, sites: list[NormSite],
                   batches: Iterable[Any]) -> dict[str, tuple[Tensor, Tensor]]:
@@ -115,7 +107,7 @@ def reader_ranges(model: nn.Module, sites: list[NormSite],
     try:
         model.eval()
         for batch in batches:
-            _call(model, batch)
+            call_model(model, batch)
     finally:
         for handle in handles:
             handle.remove()
