@@ -182,6 +182,11 @@ def test_report_shows_what_normalization_did_from_the_json_alone(runs, tmp_path)
         assert by_arm[arm]["variance"] == variance and by_arm[arm]["grad_norm"] == grads
         assert by_arm[arm]["steps"] == [12]
         assert f"{variance[-1] / variance[1]:.2f}" in markdown
+        records = [json.loads(line) for line in (run_dir / "diagnostics.jsonl").read_text()
+                   .splitlines()]
+        peaks = [max(b["max_attention_logit"] for b in r["blocks"]) for r in records]
+        assert by_arm[arm]["attention_logit"] == [peaks[0], peaks[-1]]  # first → last record
+        assert f"{peaks[0]:.3g} → {peaks[-1]:.3g}" in markdown
     plot = out / "plots" / "normalization.png"
     assert plot.read_bytes()[:8] == PNG
 
